@@ -1,0 +1,5 @@
+import sys
+
+from hpcgen.cli import main
+
+sys.exit(main())

@@ -1,0 +1,238 @@
+"""hpcgen's command line. Data goes to stdout, status to stderr; ``main`` is the one place that maps errors
+to exit codes. Heavy imports happen inside the commands, so ``hpcgen --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hpcgen import __version__
+from hpcgen.errors import HpcgenError
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(file=sys.stderr if stderr else sys.stdout, width=None if sys.stdout.isatty() else 120,
+                   soft_wrap=False, highlight=False)
+
+
+def _fmt_secs(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _summary_line(state: Any) -> str:
+    counts = " ".join(f"{k}={v}" for k, v in sorted(state.counts.items()))
+    rate = f"{state.rows_per_second:.2f} rows/s" if state.rows_per_second else "- rows/s"
+    return (f"{state.rows_done}/{state.rows_total} rows, {len(state.shards)} shards ({counts}), {rate}, "
+            f"ETA {_fmt_secs(state.eta_seconds)}")
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def cmd_submit(a: argparse.Namespace) -> int:
+    from hpcgen import ops
+
+    res = ops.submit(Path(a.job), a.overrides, run_dir=Path(a.run_dir) if a.run_dir else None,
+                     executor=a.executor, dry_run=a.dry_run)
+    p = res.plan
+    sizes = [e - s for s, e in p.shards]
+    _err(f"plan: {p.dataset.rows} rows of {p.dataset.path} -> {len(p.shards)} shards "
+         f"({min(sizes)}-{max(sizes)} rows), {len(p.tasks)} tasks, n_samples={p.spec.data.n_samples}")
+    if res.dry_run is not None:
+        from hpcgen.advice import sizing_advice
+
+        for line in sizing_advice(p.spec, sizes):
+            _err(line)
+        print(f"# run directory (not created): {res.layout.root}")
+        print(f"# array tasks: {len(p.tasks)}; cap {p.spec.slurm.array_parallelism} at once")
+        print(res.dry_run)
+        return 0
+    sub = res.submission
+    assert sub is not None  # noqa: S101 - internal invariant
+    _err(f"queued {len(p.tasks)} tasks with {sub.sbatch_calls} submission(s) ({sub.executor}): "
+         f"{', '.join(sub.arrays)}")
+    if a.wait:
+        _wait(res.layout.root)
+    print(res.layout.root)
+    return 0
+
+
+def _wait(run_dir: Path) -> None:
+    from hpcgen import ops
+
+    last = [""]
+
+    def show(state: Any) -> None:
+        line = _summary_line(state)
+        if line != last[0]:
+            _err(line)
+            last[0] = line
+
+    ops.wait(run_dir, poll_seconds=float(os.environ.get("HPCGEN_POLL_SECONDS", "5")), on_poll=show)
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from hpcgen.plan import load_manifest
+    from hpcgen.state import collect
+
+    state = collect(Path(a.run_dir), load_manifest(Path(a.run_dir)))
+    if a.json:
+        print(json.dumps(state.to_dict()))
+        return 0
+    from rich.table import Table
+
+    shown = [s for s in state.shards if a.all or s.state != "done"][: None if a.all else 50]
+    table = Table(title=f"{state.run_dir}", title_justify="left")
+    for col in ("shard", "state", "rows", "job", "attempts", "last error / log"):
+        table.add_column(col)
+    for s in shown:
+        note = f"{s.last_error or ''} [{s.log}]" if s.state in ("failed", "cancelled") else ""
+        table.add_row(str(s.id), s.state, f"{s.rows_done}/{s.rows_total}", s.job_id or "-", str(s.attempts), note)
+    con = _console()
+    if shown:
+        con.print(table)
+    hidden = len([s for s in state.shards if a.all or s.state != "done"]) - len(shown)
+    if hidden > 0:
+        con.print(f"... {hidden} more shards not shown (--all)")
+    con.print(_summary_line(state))
+    return 0
+
+
+def cmd_resume(a: argparse.Namespace) -> int:
+    from hpcgen import ops
+
+    sub, state, bad = ops.resume(Path(a.run_dir))
+    if bad:
+        _err(f"shards {bad} had parts that no longer verify: regenerating them")
+    if sub is None:
+        _err(f"nothing to resume: {_summary_line(state)}")
+    else:
+        _err(f"resubmitted {len(sub.jobs)} shard(s) as {', '.join(sub.arrays)} ({sub.executor})")
+        if a.wait:
+            _wait(Path(a.run_dir))
+    print(Path(a.run_dir).resolve())
+    return 0
+
+
+def cmd_merge(a: argparse.Namespace) -> int:
+    from hpcgen.merge import merge_run
+
+    res = merge_run(Path(a.run_dir), output=Path(a.output) if a.output else None,
+                    allow_partial=a.allow_partial, metadata=False if a.no_metadata else None)
+    if res.missing_shards:
+        _err(f"partial merge: {len(res.missing_shards)} shard(s) missing")
+    _err(f"merged {res.rows} rows from {res.shards} shards ({res.error_rows} rows with errors) "
+         f"in {res.seconds:.1f}s")
+    print(res.output)
+    return 0
+
+
+def cmd_cancel(a: argparse.Namespace) -> int:
+    from hpcgen import ops
+
+    n = ops.cancel(Path(a.run_dir))
+    _err(f"cancelled {n} job(s); 'hpcgen resume {a.run_dir}' continues the run")
+    return 0
+
+
+def cmd_score(a: argparse.Namespace) -> int:
+    from hpcgen.scoring_cli import run_score
+
+    report, table = run_score(a)
+    if a.json:
+        print(json.dumps(report))
+    else:
+        print(table)
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hpcgen", description="Run a trained LLM over a prompt dataset on SLURM: "
+                                "sharded job arrays of vLLM tasks, resumable, merged into one verified parquet.")
+    p.add_argument("--version", action="version", version=f"hpcgen {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("submit", help="plan shards and queue one job array")
+    s.add_argument("job", help="job file (YAML)")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any key, e.g. data.n_samples=8")
+    s.add_argument("--run-dir", help="run directory (default ./runs/<job>-<time>)")
+    s.add_argument("--executor", choices=("slurm", "local"), default="slurm")
+    s.add_argument("--dry-run", action="store_true", help="print the plan and the sbatch script; queue nothing")
+    s.add_argument("--wait", action="store_true", help="block until every shard is done or failed")
+    s.set_defaults(fn=cmd_submit)
+
+    s = sub.add_parser("status", help="where every shard stands")
+    s.add_argument("run_dir")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--all", action="store_true", help="list done shards too")
+    s.set_defaults(fn=cmd_status)
+
+    s = sub.add_parser("resume", help="resubmit only the shards that are not done")
+    s.add_argument("run_dir")
+    s.add_argument("--wait", action="store_true")
+    s.set_defaults(fn=cmd_resume)
+
+    s = sub.add_parser("merge", help="verify and merge every shard into one ordered file")
+    s.add_argument("run_dir")
+    s.add_argument("--output", help="output path (.parquet or .jsonl); default data.output_path")
+    s.add_argument("--allow-partial", action="store_true", help="merge the done shards of an incomplete run")
+    s.add_argument("--no-metadata", action="store_true", help="only add 'responses' (verl's exact schema)")
+    s.set_defaults(fn=cmd_merge)
+
+    s = sub.add_parser("cancel", help="cancel every job of the run (it stays resumable)")
+    s.add_argument("run_dir")
+    s.set_defaults(fn=cmd_cancel)
+
+    s = sub.add_parser("score", help="grade merged answers: mean@n, pass@k, maj@k per data_source")
+    s.add_argument("target", help="a run directory or a merged .parquet/.jsonl file")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--output", help="where to write the scores JSON")
+    s.add_argument("--per-sample", help="also write the input with a per-sample 'scores' column here")
+    s.add_argument("--custom", help="custom scorer FILE.py[:FUNCTION] (verl's compute_score convention)")
+    s.set_defaults(fn=cmd_score)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "submit":  # KEY=VALUE may come after options, as in verl
+        args.overrides += [x for x in extra if "=" in x and not x.startswith("-")]
+        extra = [x for x in extra if x not in args.overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return int(args.fn(args) or 0)
+    except HpcgenError as exc:
+        _err(f"hpcgen: error: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _err("hpcgen: interrupted")
+        return 130
+    except Exception as exc:  # a bug: one line unless asked for the traceback
+        if os.environ.get("HPCGEN_DEBUG"):
+            raise
+        _err(f"hpcgen: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+             "(set HPCGEN_DEBUG=1 for a traceback)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

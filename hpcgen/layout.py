@@ -1,0 +1,134 @@
+"""Every path inside a run directory. No other module builds run paths by hand.
+
+```
+RUN_DIR/
+  manifest.json                  frozen plan: resolved job, dataset fingerprint, shard table, task groups
+  parts/s000003.p000012.n64.parquet   finished rows of shard 3, 12th save, 64 rows (atomic)
+  done/s000003.json              shard 3's done marker: rows, parts, checksums (written last)
+  attempts/s000003.<job>.json    one per task start on a shard: job id, host, pid, time, error
+  submissions/0001.json          one per submit/resume: job ids per shard
+  logs/                          submitit folder (sbatch scripts, stdout/stderr per task)
+  .lock                          merge/resume lock
+```
+Flat folders keep ``status`` to a few directory listings even with 10,000 shards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_PART = re.compile(r"^s(\d{6})\.p(\d{6})\.n(\d+)\.parquet$")
+_ATTEMPT = re.compile(r"^s(\d{6})\.(.+)\.json$")
+
+
+@dataclass(frozen=True)
+class PartName:
+    shard: int
+    seq: int
+    rows: int
+
+    @property
+    def name(self) -> str:
+        return f"s{self.shard:06d}.p{self.seq:06d}.n{self.rows}.parquet"
+
+    @classmethod
+    def parse(cls, name: str) -> PartName | None:
+        m = _PART.match(name)
+        return cls(int(m[1]), int(m[2]), int(m[3])) if m else None
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).resolve())
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.root / "parts"
+
+    @property
+    def done_dir(self) -> Path:
+        return self.root / "done"
+
+    @property
+    def attempts_dir(self) -> Path:
+        return self.root / "attempts"
+
+    @property
+    def submissions_dir(self) -> Path:
+        return self.root / "submissions"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def scores(self) -> Path:
+        return self.root / "scores.json"
+
+    @property
+    def default_output(self) -> Path:
+        return self.root / "merged.parquet"
+
+    def part(self, shard: int, seq: int, rows: int) -> Path:
+        return self.parts_dir / PartName(shard, seq, rows).name
+
+    def done(self, shard: int) -> Path:
+        return self.done_dir / f"s{shard:06d}.json"
+
+    def attempt(self, shard: int, job_id: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", job_id)
+        return self.attempts_dir / f"s{shard:06d}.{safe}.json"
+
+    def submission(self, seq: int) -> Path:
+        return self.submissions_dir / f"{seq:04d}.json"
+
+    def make_dirs(self) -> None:
+        for d in (self.parts_dir, self.done_dir, self.attempts_dir, self.submissions_dir, self.logs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # --- listings (one scandir each) -----------------------------------------------------------
+    def list_parts(self) -> dict[int, list[PartName]]:
+        out: dict[int, list[PartName]] = {}
+        if self.parts_dir.is_dir():
+            for entry in _names(self.parts_dir):
+                p = PartName.parse(entry)
+                if p is not None:
+                    out.setdefault(p.shard, []).append(p)
+        for parts in out.values():
+            parts.sort(key=lambda p: p.seq)
+        return out
+
+    def list_done(self) -> set[int]:
+        return {int(n[1:7]) for n in _names(self.done_dir) if n.startswith("s") and n.endswith(".json")}
+
+    def list_attempts(self) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for n in _names(self.attempts_dir):
+            m = _ATTEMPT.match(n)
+            if m:
+                out.setdefault(int(m[1]), []).append(n)
+        return out
+
+    def list_submissions(self) -> list[Path]:
+        return sorted(self.submissions_dir / n for n in _names(self.submissions_dir) if n.endswith(".json"))
+
+
+def _names(d: Path) -> list[str]:
+    try:
+        return [e.name for e in os.scandir(d)]
+    except FileNotFoundError:
+        return []

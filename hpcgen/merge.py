@@ -1,0 +1,214 @@
+"""The verified, ordered, streaming merge: every input column unchanged + ``responses`` (verl's schema),
+plus per-sample metadata unless turned off. Trusts nothing but done markers and part checksums; holds one
+shard at a time; writes atomically; refuses an incomplete run unless ``allow_partial``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from hpcgen import atomic
+from hpcgen.errors import IncompleteRunError, RunDirError
+from hpcgen.layout import RunLayout
+from hpcgen.plan import check_writable, load_manifest
+
+META_COLUMNS = ("finish_reasons", "response_tokens", "prompt_tokens", "prompt_truncated", "gen_error")
+OUTPUT_COLUMNS = ("responses", *META_COLUMNS)
+
+
+@dataclass
+class MergeResult:
+    output: str
+    rows: int
+    shards: int
+    error_rows: int
+    missing_shards: list[int]
+    seconds: float
+
+
+def compact_ranges(ids: list[int]) -> str:
+    """[0,1,2,5] -> '0-2,5'."""
+    out, ids = [], sorted(ids)
+    i = 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        out.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def verify_done(layout: RunLayout, shard: int, bounds: tuple[int, int], n_samples: int) -> tuple[
+        pa.Table | None, str | None]:
+    """Read a done shard's parts, checking marker, checksums, row ids (each exactly once) and sample counts.
+
+    Returns (sorted table, None) or (None, problem).
+    """
+    try:
+        marker = atomic.read_json(layout.done(shard))
+    except (OSError, ValueError) as exc:
+        return None, f"done marker unreadable ({exc})"
+    tables = []
+    for entry in marker.get("parts", []):
+        path = layout.parts_dir / entry["name"]
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None, f"part {path.name} is missing"
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            return None, f"part {path.name} does not match its checksum"
+        try:
+            tables.append(pq.read_table(pa.BufferReader(data)))
+        except Exception as exc:  # corrupt despite the checksum: never merged
+            return None, f"part {path.name} is unreadable ({exc})"
+    start, end = bounds
+    if not tables:
+        return None, "no parts"
+    table = pa.concat_tables(tables).sort_by("row_id")
+    ids = table.column("row_id").to_numpy()
+    if len(ids) != end - start or (len(ids) and (ids[0] != start or ids[-1] != end - 1)) or (
+            len(ids) > 1 and not (ids[1:] - ids[:-1] == 1).all()):
+        return None, f"rows are not exactly {start}..{end - 1} once each"
+    counts = pc.list_value_length(table.column("responses")).to_numpy(zero_copy_only=False)
+    ok_rows = table.column("gen_error").is_null().to_numpy(zero_copy_only=False)
+    if (counts[ok_rows] != n_samples).any():
+        return None, f"a row has not exactly {n_samples} responses"
+    return table, None
+
+
+class InputReader:
+    """Sequential reads of contiguous, ascending row ranges of the input dataset."""
+
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        ds = manifest["dataset"]
+        self.format, self.path = ds["format"], ds["path"]
+        self.manifest = manifest
+        self.schema: pa.Schema | None = None
+        if self.format == "parquet":
+            self.pf = pq.ParquetFile(self.path)
+            self.schema = self.pf.schema_arrow
+            self._rg, self._rg_start, self._rg_table = -1, 0, None
+
+    def prepare(self, shard_ids: list[int]) -> None:
+        """JSON lines have no schema: unify the shards' inferred schemas first (one extra pass)."""
+        if self.format == "jsonl":
+            schemas = [pa.Table.from_pylist(self._jsonl_rows(s)).schema for s in shard_ids]
+            self.schema = pa.unify_schemas(schemas) if schemas else pa.schema([])
+
+    def _jsonl_rows(self, shard: int) -> list[dict[str, Any]]:
+        start, end = self.manifest["shards"][shard]
+        rows = []
+        with open(self.path, "rb") as fh:
+            fh.seek(self.manifest["jsonl_offsets"][shard])
+            for line in fh:
+                if len(rows) >= end - start:
+                    break
+                if line.strip():
+                    rows.append(json.loads(line))
+        return rows
+
+    def read(self, shard: int) -> pa.Table:
+        if self.format == "jsonl":
+            return pa.Table.from_pylist(self._jsonl_rows(shard), schema=self.schema)
+        start, end = self.manifest["shards"][shard]
+        pieces = []
+        md = self.pf.metadata
+        pos = start
+        while pos < end:
+            if self._rg_table is None or pos >= self._rg_start + self._rg_table.num_rows or pos < self._rg_start:
+                self._seek_row_group(pos, md)
+            assert self._rg_table is not None  # noqa: S101 - internal invariant, not user input
+            lo = pos - self._rg_start
+            take = min(end - pos, self._rg_table.num_rows - lo)
+            pieces.append(self._rg_table.slice(lo, take))
+            pos += take
+        return pa.concat_tables(pieces)
+
+    def _seek_row_group(self, row: int, md: Any) -> None:
+        first = 0
+        for rg in range(md.num_row_groups):
+            n = md.row_group(rg).num_rows
+            if first <= row < first + n:
+                self._rg, self._rg_start = rg, first
+                self._rg_table = self.pf.read_row_group(rg)
+                return
+            first += n
+        raise RunDirError(f"row {row} is beyond the dataset {self.path}: did it change since the plan?")
+
+
+def _combine(inp: pa.Table, gen: pa.Table, metadata: bool) -> pa.Table:
+    keep = [c for c in inp.column_names if c not in OUTPUT_COLUMNS]
+    out = inp.select(keep)
+    for col in ("responses", *META_COLUMNS) if metadata else ("responses",):
+        out = out.append_column(col, gen.column(col))
+    return out
+
+
+def _jsonl_lines(table: pa.Table) -> Iterator[bytes]:
+    for batch in table.to_batches(max_chunksize=4096):
+        for row in batch.to_pylist():
+            yield (json.dumps(row, ensure_ascii=False, default=str) + "\n").encode()
+
+
+def merge_run(run_dir: Path, *, output: Path | None = None, allow_partial: bool = False,
+              metadata: bool | None = None) -> MergeResult:
+    t0 = time.perf_counter()
+    layout = RunLayout(run_dir)
+    manifest = load_manifest(run_dir)
+    job = manifest["job"]
+    out = Path(output) if output else Path(job["data"]["output_path"] or layout.default_output)
+    check_writable(out, "output path")
+    metadata = job["merge"]["metadata"] if metadata is None else metadata
+    n_samples = job["data"]["n_samples"]
+    shards = manifest["shards"]
+    with atomic.exclusive_lock(layout.lock, "merge"):
+        done = layout.list_done()
+        missing = [i for i in range(len(shards)) if i not in done]
+        if missing and not allow_partial:
+            raise IncompleteRunError(
+                f"run {layout.root} is incomplete: shards {compact_ranges(missing)} are not done "
+                f"({len(missing)} of {len(shards)}); resume it, or merge with --allow-partial"
+            )
+        todo = [i for i in range(len(shards)) if i in done]
+        reader = InputReader(manifest)
+        reader.prepare(todo)
+        rows = errors = 0
+        jsonl = out.name.endswith(".jsonl")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic.atomic_path(out) as tmp:
+            writer = None
+            fh = open(tmp, "wb") if jsonl else None
+            try:
+                for shard in todo:
+                    gen, problem = verify_done(layout, shard, tuple(shards[shard]), n_samples)
+                    if gen is None:
+                        raise RunDirError(f"shard {shard} cannot be merged: {problem}; run 'hpcgen resume "
+                                          f"{layout.root}' to regenerate it")
+                    table = _combine(reader.read(shard), gen, metadata)
+                    rows += table.num_rows
+                    errors += table.num_rows - gen.column("gen_error").null_count
+                    if fh is not None:
+                        fh.writelines(_jsonl_lines(table))
+                    else:
+                        if writer is None:
+                            writer = pq.ParquetWriter(tmp, table.schema)
+                        writer.write_table(table)
+                if writer is None and fh is None:  # nothing done (partial): an empty file with the schema
+                    pq.write_table(pa.table({"responses": pa.array([], pa.list_(pa.string()))}), tmp)
+            finally:
+                if writer is not None:
+                    writer.close()
+                if fh is not None:
+                    fh.close()
+    return MergeResult(str(out), rows, len(todo), errors, missing, time.perf_counter() - t0)

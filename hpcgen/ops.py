@@ -1,0 +1,143 @@
+"""The run's life cycle on the login node: submit, resume, cancel, wait. Glue between plan, launch and state;
+no printing (the CLI does that), no torch, no vllm.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcgen import atomic
+from hpcgen.config import load_job
+from hpcgen.errors import RunDirError, ShardFailedError, UserError
+from hpcgen.launch import Submission, cancel_jobs, dry_run_text, submit_groups
+from hpcgen.layout import RunLayout
+from hpcgen.merge import compact_ranges, verify_done
+from hpcgen.plan import (
+    Plan,
+    create_run_dir,
+    inspect_dataset,
+    load_manifest,
+    make_plan,
+    model_fingerprint,
+    spec_from_manifest,
+    task_groups,
+)
+from hpcgen.state import RunState, collect, latest_jobs
+
+
+@dataclass
+class SubmitResult:
+    plan: Plan
+    layout: RunLayout
+    submission: Submission | None
+    dry_run: str | None = None
+
+
+def default_run_dir(job_file: Path) -> Path:
+    return Path.cwd() / "runs" / f"{job_file.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def submit(job_file: Path, overrides: list[str], *, run_dir: Path | None = None, executor: str = "slurm",
+           dry_run: bool = False) -> SubmitResult:
+    spec = load_job(job_file, overrides)
+    plan = make_plan(spec, job_file=str(job_file.resolve()), overrides=overrides)
+    layout = RunLayout(run_dir or default_run_dir(job_file))
+    if dry_run:
+        return SubmitResult(plan, layout, None, dry_run_text(layout, plan.spec, len(plan.tasks)))
+    layout = create_run_dir(layout.root, plan.manifest)
+    sub = submit_groups(layout, plan.spec, plan.tasks, executor=executor, kind="submit",
+                        extra={"rows_done_at_submit": 0})
+    return SubmitResult(plan, layout, sub)
+
+
+def check_unchanged(manifest: dict[str, Any]) -> None:
+    """Resume refuses when the dataset or the model changed since the plan, and says what changed."""
+    ds = manifest["dataset"]
+    try:
+        now = inspect_dataset(Path(ds["path"]), manifest["job"]["data"]["prompt_key"])
+    except UserError as exc:
+        raise RunDirError(f"cannot resume: {exc}") from None
+    if now.fingerprint != ds["fingerprint"] or now.rows != ds["rows"]:
+        raise RunDirError(f"cannot resume: dataset {ds['path']} changed since the plan "
+                          f"(rows {ds['rows']} -> {now.rows}, fingerprint differs)")
+    model = manifest["job"]["model"]["path"]
+    if os.path.exists(model) and model_fingerprint(model) != manifest["model_fingerprint"]:
+        raise RunDirError(f"cannot resume: model {model} changed since the plan (config or weight files differ)")
+
+
+def invalidate_bad_done(layout: RunLayout, manifest: dict[str, Any]) -> list[int]:
+    """Done shards whose parts no longer verify lose their marker (kept aside) so they are regenerated."""
+    bad = []
+    n = manifest["job"]["data"]["n_samples"]
+    for shard in sorted(layout.list_done()):
+        table, problem = verify_done(layout, shard, tuple(manifest["shards"][shard]), n)
+        if table is None:
+            marker = layout.done(shard)
+            os.replace(marker, marker.with_name(marker.name + f".invalid.{int(time.time())}"))
+            _quarantine_parts(layout, shard)
+            bad.append(shard)
+    return bad
+
+
+def _quarantine_parts(layout: RunLayout, shard: int) -> None:
+    """Move aside every part of the shard that fails to read; the worker re-validates the rest."""
+    from hpcgen.worker import valid_parts
+
+    manifest = load_manifest(layout.root)
+    valid_parts(layout, shard, layout.list_parts().get(shard, []), tuple(manifest["shards"][shard]))
+
+
+def resume(run_dir: Path, *, executor: str | None = None) -> tuple[Submission | None, RunState, list[int]]:
+    layout = RunLayout(run_dir)
+    manifest = load_manifest(run_dir)
+    with atomic.exclusive_lock(layout.lock, "resume"):
+        check_unchanged(manifest)
+        bad = invalidate_bad_done(layout, manifest)
+        state = collect(run_dir, manifest)
+        todo = state.shards_in("failed", "cancelled") + [
+            s.id for s in state.shards if s.state == "pending" and s.job_id is None]
+        todo += [s for s in bad if s not in todo]
+        if not todo:
+            return None, state, bad
+        spec = spec_from_manifest(manifest)
+        _, _, last_exec = latest_jobs(layout)
+        groups = [[sorted(todo)[i] for i in g] for g in task_groups(len(todo), spec.sharding.shards_per_task)]
+        sub = submit_groups(layout, spec, groups, executor=executor or last_exec or "slurm", kind="resume",
+                            extra={"rows_done_at_submit": state.rows_done})
+        return sub, state, bad
+
+
+def cancel(run_dir: Path) -> int:
+    manifest = load_manifest(run_dir)
+    state = collect(run_dir, manifest, query_scheduler=False)
+    open_jobs = sorted({s.job_id for s in state.shards if s.state != "done" and s.job_id})
+    return cancel_jobs(open_jobs, state.executor or "slurm")
+
+
+def wait(run_dir: Path, *, poll_seconds: float = 5.0, on_poll: Callable[[RunState], None] | None = None,
+         timeout: float | None = None) -> RunState:
+    """Block until no shard is pending or running; raise ShardFailedError if any ended failed/cancelled."""
+    manifest = load_manifest(run_dir)
+    t0 = time.monotonic()
+    while True:
+        state = collect(run_dir, manifest)
+        if on_poll:
+            on_poll(state)
+        if not state.shards_in("pending", "running"):
+            break
+        if timeout is not None and time.monotonic() - t0 > timeout:
+            break
+        time.sleep(poll_seconds)
+    bad = state.shards_in("failed", "cancelled")
+    if bad:
+        first = next(s for s in state.shards if s.id == bad[0])
+        raise ShardFailedError(
+            f"{len(bad)} shard(s) failed or were cancelled ({compact_ranges(bad)}); first: shard {first.id} "
+            f"{first.state}: {first.last_error or 'no error recorded'} (log {first.log}); "
+            f"'hpcgen resume {state.run_dir}' continues them")
+    return state

@@ -1,0 +1,250 @@
+"""The plan: dataset fingerprint, shard table and task groups, frozen into the run's manifest.
+
+Parquet datasets are planned from their metadata alone (row counts, schema, footer); JSON-lines datasets
+need one streaming pass (line offsets, UTF-8 and JSON checks). Rows are never held in memory here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcgen import atomic
+from hpcgen.config import JobSpec, expand_path
+from hpcgen.errors import DatasetError, ModelError, RunDirError, UserError
+from hpcgen.layout import RunLayout
+
+FORMAT = "hpcgen-run/1"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+@dataclass
+class DatasetInfo:
+    path: str
+    format: str  # "parquet" | "jsonl"
+    rows: int
+    size: int
+    fingerprint: str
+    columns: list[str]
+    line_offsets: list[int] = field(default_factory=list)  # jsonl: byte offset of each shard's first row
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d.pop("line_offsets")
+        return d
+
+
+def dataset_format(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".parquet") or name.endswith(".pq"):
+        return "parquet"
+    if name.endswith(".jsonl") or name.endswith(".json") or name.endswith(".ndjson"):
+        return "jsonl"
+    raise DatasetError(f"data.path {path}: unsupported format (use .parquet or .jsonl)")
+
+
+def inspect_dataset(path: Path, prompt_key: str, *, shard_starts_for: int | None = None) -> DatasetInfo:
+    """Row count, columns and a content fingerprint; checks that ``prompt_key`` is a column."""
+    if not path.exists():
+        raise DatasetError(f"data.path {path} does not exist")
+    if not path.is_file():
+        raise DatasetError(f"data.path {path} is not a file")
+    fmt = dataset_format(path)
+    info = _inspect_parquet(path) if fmt == "parquet" else _inspect_jsonl(path, prompt_key)
+    if info.rows == 0:
+        raise DatasetError(f"data.path {path} has no rows")
+    if prompt_key not in info.columns:
+        raise DatasetError(
+            f"data.prompt_key '{prompt_key}' is not a column of {path} (columns: {', '.join(info.columns)})"
+        )
+    return info
+
+
+def _inspect_parquet(path: Path) -> DatasetInfo:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a non-parquet file
+        raise DatasetError(f"data.path {path} is not a readable parquet file: {exc}") from None
+    size = path.stat().st_size
+    with open(path, "rb") as fh:  # the footer (schema, row groups, statistics) identifies the content
+        fh.seek(max(0, size - 8))
+        tail = fh.read(8)
+        footer_len = int.from_bytes(tail[:4], "little") if len(tail) == 8 else 0
+        fh.seek(max(0, size - 8 - footer_len))
+        footer = fh.read()
+    digest = hashlib.sha256(size.to_bytes(8, "little") + footer).hexdigest()
+    return DatasetInfo(str(path), "parquet", pf.metadata.num_rows, size, digest, list(pf.schema_arrow.names))
+
+
+def _inspect_jsonl(path: Path, prompt_key: str) -> DatasetInfo:
+    h = hashlib.sha256()
+    offsets: list[int] = []
+    columns: list[str] = []
+    pos = 0
+    with open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            h.update(line)
+            if line.strip():
+                try:
+                    obj = json.loads(line.decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise DatasetError(f"data.path {path} line {lineno}: invalid UTF-8") from None
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(f"data.path {path} line {lineno}: not JSON ({exc.msg})") from None
+                if not isinstance(obj, dict):
+                    raise DatasetError(f"data.path {path} line {lineno}: a row must be a JSON object")
+                if not columns:
+                    columns = list(obj)
+                elif prompt_key not in obj and prompt_key in columns:
+                    raise DatasetError(f"data.path {path} line {lineno}: no '{prompt_key}' key")
+                offsets.append(pos)
+            pos += len(line)
+    return DatasetInfo(str(path), "jsonl", len(offsets), pos, h.hexdigest(), columns, offsets)
+
+
+def check_model(model_path: str, tokenizer_path: str | None = None) -> str:
+    """Local model directories need a config and a tokenizer; hub ids are left to the task."""
+    p = expand_path(model_path)
+    if not p.exists():
+        if _HUB_ID.match(model_path) and not model_path.startswith((".", "/", "~", "$")):
+            return model_path
+        raise ModelError(f"model.path {model_path} does not exist")
+    if not (p / "config.json").is_file():
+        raise ModelError(f"model.path {p} has no config.json")
+    tok = expand_path(tokenizer_path) if tokenizer_path else p
+    if not any((tok / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelError(f"model.path {tok} has no tokenizer (tokenizer.json / tokenizer_config.json)")
+    return str(p)
+
+
+def model_fingerprint(model_path: str) -> str:
+    p = Path(model_path)
+    if not p.is_dir():
+        return "hub:" + model_path
+    h = hashlib.sha256((p / "config.json").read_bytes())
+    for f in sorted(p.iterdir()):
+        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".model"):
+            h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()
+
+
+def shard_ranges(rows: int, num_shards: int | None, rows_per_shard: int | None) -> list[tuple[int, int]]:
+    """Contiguous, non-empty row ranges covering [0, rows)."""
+    if num_shards is None:
+        rows_per_shard = rows_per_shard or 1000
+        num_shards = -(-rows // rows_per_shard)
+        return [(i * rows_per_shard, min(rows, (i + 1) * rows_per_shard)) for i in range(num_shards)]
+    num_shards = min(num_shards, rows)
+    return [(i * rows // num_shards, (i + 1) * rows // num_shards) for i in range(num_shards)]
+
+
+def task_groups(num_shards: int, shards_per_task: int) -> list[list[int]]:
+    return [list(range(i, min(num_shards, i + shards_per_task))) for i in range(0, num_shards, shards_per_task)]
+
+
+@dataclass
+class Plan:
+    spec: JobSpec
+    dataset: DatasetInfo
+    model_path: str
+    output_path: str
+    shards: list[tuple[int, int]]
+    tasks: list[list[int]]
+    manifest: dict[str, Any]
+
+
+def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str]) -> Plan:
+    """Validate everything the login node can check and build the manifest (nothing written yet)."""
+    data_path = expand_path(spec.data.path)
+    dataset = inspect_dataset(data_path, spec.data.prompt_key)
+    model_path = check_model(spec.model.path, spec.model.tokenizer_path)
+    shards = shard_ranges(dataset.rows, spec.sharding.num_shards, spec.sharding.rows_per_shard)
+    tasks = task_groups(len(shards), spec.sharding.shards_per_task)
+    output = str(expand_path(spec.data.output_path)) if spec.data.output_path else ""
+    if output:
+        check_writable(Path(output), "data.output_path")
+    resolved = spec.model_copy(deep=True)
+    resolved.data.path = str(data_path)
+    resolved.model.path = model_path
+    resolved.data.output_path = output or None
+    offsets = [dataset.line_offsets[s] for s, _ in shards] if dataset.format == "jsonl" else []
+    manifest = {
+        "format": FORMAT,
+        "run_id": uuid.uuid4().hex,
+        "created": time.time(),
+        "job_file": job_file,
+        "overrides": overrides,
+        "job": resolved.model_dump(mode="json"),
+        "generation": resolved.generation_settings(),
+        "dataset": dataset.to_dict(),
+        "model_fingerprint": model_fingerprint(model_path),
+        "shards": [list(s) for s in shards],
+        "jsonl_offsets": offsets,
+        "tasks": tasks,
+    }
+    return Plan(resolved, dataset, model_path, output, shards, tasks, manifest)
+
+
+def check_writable(path: Path, key: str) -> None:
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if path.exists() and path.is_dir():
+        raise UserError(f"{key} {path} is a directory")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{key} {path} is not writable (directory {parent})")
+
+
+def create_run_dir(run_dir: Path, manifest: dict[str, Any]) -> RunLayout:
+    """Materialise the run directory atomically: built in a temp sibling, then renamed into place."""
+    run_dir = run_dir.resolve()
+    if run_dir.exists():
+        if (run_dir / "manifest.json").exists():
+            raise RunDirError(f"run directory {run_dir} already holds a run; pick another --run-dir or resume it")
+        if not run_dir.is_dir() or any(run_dir.iterdir()):
+            raise RunDirError(f"run directory {run_dir} exists and is not empty")
+    check_writable(run_dir, "--run-dir")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
+    try:
+        layout = RunLayout(tmp)
+        layout.make_dirs()
+        atomic.write_json(layout.manifest, manifest)
+        if run_dir.exists():
+            run_dir.rmdir()
+        os.rename(tmp, run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return RunLayout(run_dir)
+
+
+def load_manifest(run_dir: Path) -> dict[str, Any]:
+    layout = RunLayout(run_dir)
+    if not layout.root.is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist")
+    try:
+        manifest = atomic.read_json(layout.manifest)
+    except FileNotFoundError:
+        raise RunDirError(f"{run_dir} is not an hpcgen run directory (no manifest.json)") from None
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{layout.manifest} is unreadable: {exc}") from None
+    if manifest.get("format") != FORMAT:
+        raise RunDirError(f"{layout.manifest} has unknown format {manifest.get('format')!r}")
+    return manifest
+
+
+def spec_from_manifest(manifest: dict[str, Any]) -> JobSpec:
+    return JobSpec.model_validate(manifest["job"])

@@ -1,0 +1,42 @@
+"""``hpcgen score``: resolve a run directory or file to the merged output, score it, write the report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from hpcgen.errors import ScoreError
+from hpcgen.layout import RunLayout
+
+
+def resolve_target(target: Path) -> tuple[Path, Path, dict[str, Any]]:
+    """(merged file, default scores path, score settings) for a run directory or a file."""
+    if target.is_dir():
+        from hpcgen.plan import load_manifest
+
+        manifest = load_manifest(target)
+        layout = RunLayout(target)
+        merged = Path(manifest["job"]["data"]["output_path"] or layout.default_output)
+        if not merged.is_file():
+            raise ScoreError(f"{merged} does not exist: run 'hpcgen merge {target}' first")
+        return merged, layout.scores, manifest["job"].get("score", {})
+    if not target.is_file():
+        raise ScoreError(f"{target} is neither a run directory nor a file")
+    return target, target.with_name(target.name + ".scores.json"), {}
+
+
+def run_score(a: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from hpcgen.score import format_table, score_file, write_report
+
+    merged, scores_path, settings = resolve_target(Path(a.target))
+    custom_path, custom_name = settings.get("custom_path"), settings.get("custom_name") or "compute_score"
+    if a.custom:
+        custom_path, _, name = a.custom.partition(":")
+        custom_name = name or "compute_score"
+    report = score_file(merged, custom_path=Path(custom_path) if custom_path else None, custom_name=custom_name,
+                        per_sample_output=Path(a.per_sample) if a.per_sample else None)
+    out = Path(a.output) if a.output else scores_path
+    write_report(report, out)
+    report["scores_path"] = str(out)
+    return report, format_table(report)

@@ -1,0 +1,215 @@
+"""Where every shard stands: files in the run directory are the truth; one sacct call at most is a hint for
+pending/running/failed of shards that are not done. Shared by ``status``, ``resume``, ``merge``, ``cancel``.
+Writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcgen import atomic
+from hpcgen.layout import RunLayout
+
+RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED", "STAGE_OUT",
+           "REQUEUE_FED", "REQUEUE_HOLD", "SIGNALING"}
+PENDING = {"PENDING"}
+CANCELLED = {"CANCELLED"}
+
+
+@dataclass
+class ShardState:
+    id: int
+    state: str  # pending | running | done | failed | cancelled
+    rows_done: int
+    rows_total: int
+    job_id: str | None
+    attempts: int
+    error_rows: int = 0
+    log: str | None = None
+    last_error: str | None = None
+
+
+@dataclass
+class RunState:
+    run_dir: str
+    rows_total: int
+    rows_done: int
+    shards: list[ShardState]
+    counts: dict[str, int] = field(default_factory=dict)
+    rows_per_second: float | None = None
+    eta_seconds: float | None = None
+    executor: str | None = None
+    sacct_calls: int = 0
+
+    def shards_in(self, *states: str) -> list[int]:
+        return [s.id for s in self.shards if s.state in states]
+
+    @property
+    def complete(self) -> bool:
+        return all(s.state == "done" for s in self.shards)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["complete"] = self.complete
+        return d
+
+
+def latest_jobs(layout: RunLayout) -> tuple[dict[int, str], dict[str, Any] | None, str | None]:
+    """shard -> job id of its most recent submission; the latest submission record; its executor."""
+    jobs: dict[int, str] = {}
+    last: dict[str, Any] | None = None
+    for path in layout.list_submissions():
+        try:
+            sub = atomic.read_json(path)
+        except (OSError, ValueError):
+            continue
+        jobs.update({int(k): v for k, v in sub.get("jobs", {}).items()})
+        last = sub
+    return jobs, last, (last or {}).get("executor")
+
+
+def sacct_states(job_ids: list[str]) -> dict[str, str] | None:
+    """One sacct call for the given array/job ids -> {"<array>_<index>" or "<job>": STATE}; None if unknown."""
+    if not job_ids or shutil.which("sacct") is None:
+        return None
+    bases = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        res = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(bases)],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if res.returncode != 0:
+        return None
+    states: dict[str, str] = {}
+    for line in res.stdout.splitlines():
+        if "|" not in line:
+            continue
+        jid, state = line.split("|", 1)
+        state = state.split()[0] if state.strip() else "UNKNOWN"
+        m = re.fullmatch(r"(\d+)_\[([0-9,\-]+)(?:%\d+)?\]", jid)
+        if m:  # a pending range such as 123_[4-9%2]
+            for rng in m[2].split(","):
+                lo, _, hi = rng.partition("-")
+                for i in range(int(lo), int(hi or lo) + 1):
+                    states[f"{m[1]}_{i}"] = state
+        else:
+            states[jid] = state
+    return states
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def log_path(layout: RunLayout, job_id: str | None) -> Path | None:
+    if not job_id:
+        return None
+    return layout.logs_dir / job_id / f"{job_id}_0_log.err"
+
+
+def last_error_line(layout: RunLayout, shard: int, attempt_names: list[str], log: Path | None) -> str | None:
+    """The error the worker recorded for its latest attempt, else the last meaningful line of the log."""
+    for name in sorted(attempt_names, key=lambda n: (layout.attempts_dir / n).stat().st_mtime, reverse=True):
+        try:
+            err = atomic.read_json(layout.attempts_dir / name).get("error")
+        except (OSError, ValueError):
+            continue
+        if err:
+            return str(err)
+        break
+    if log is not None and log.is_file():
+        with open(log, "rb") as fh:
+            fh.seek(max(0, log.stat().st_size - 8192))
+            lines = [x.strip() for x in fh.read().decode("utf-8", "replace").splitlines() if x.strip()]
+        for line in reversed(lines):
+            if re.search(r"error|exception|killed|cancelled|oom|time limit", line, re.I):
+                return line[:300]
+        return lines[-1][:300] if lines else None
+    return None
+
+
+def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = True) -> RunState:
+    layout = RunLayout(run_dir)
+    shards = manifest["shards"]
+    done = layout.list_done()
+    parts = layout.list_parts()
+    attempts = layout.list_attempts()
+    jobs, last_sub, executor = latest_jobs(layout)
+    open_jobs = [jobs[i] for i in range(len(shards)) if i not in done and i in jobs]
+    states: dict[str, str] | None = None
+    calls = 0
+    if query_scheduler and open_jobs and executor == "slurm":
+        states = sacct_states(open_jobs)
+        calls = 1
+    out: list[ShardState] = []
+    for i, (start, end) in enumerate(shards):
+        total = end - start
+        jid = jobs.get(i)
+        n_att = len(attempts.get(i, []))
+        if i in done:
+            out.append(ShardState(i, "done", total, total, jid, n_att))
+            continue
+        rows = min(total, sum(p.rows for p in parts.get(i, [])))
+        state = _open_state(jid, executor, states, i, attempts.get(i, []))
+        s = ShardState(i, state, rows, total, jid, n_att)
+        if state in ("failed", "cancelled"):
+            lp = log_path(layout, jid)
+            s.log = str(lp) if lp else None
+            s.last_error = last_error_line(layout, i, attempts.get(i, []), lp)
+        out.append(s)
+    rs = RunState(str(layout.root), sum(e - s for s, e in shards), sum(s.rows_done for s in out), out,
+                  executor=executor, sacct_calls=calls)
+    for s in out:
+        rs.counts[s.state] = rs.counts.get(s.state, 0) + 1
+    _rate(rs, last_sub)
+    return rs
+
+
+def _open_state(jid: str | None, executor: str | None, states: dict[str, str] | None, shard: int,
+                attempt_names: list[str]) -> str:
+    if jid is None:
+        return "pending"
+    if executor == "local":
+        try:
+            return "running" if _pid_alive(int(jid)) else "failed"
+        except ValueError:
+            return "failed"
+    if states is None:
+        return "pending" if not attempt_names else "running"
+    st = states.get(jid)
+    if st is None:  # not in the accounting database yet
+        return "pending"
+    if st in PENDING:
+        return "pending"
+    if st in RUNNING:
+        return "running"
+    if st in CANCELLED:
+        return "cancelled"
+    return "failed"  # COMPLETED without a done marker, FAILED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, ...
+
+
+def _rate(rs: RunState, last_sub: dict[str, Any] | None) -> None:
+    if not last_sub or rs.complete:
+        return
+    elapsed = time.time() - float(last_sub.get("time", time.time()))
+    gained = rs.rows_done - int(last_sub.get("rows_done_at_submit", 0))
+    if elapsed > 0 and gained > 0:
+        rs.rows_per_second = gained / elapsed
+        rs.eta_seconds = (rs.rows_total - rs.rows_done) / rs.rows_per_second

@@ -1,0 +1,306 @@
+"""The in-task loop: one engine load for the task's shards; for each shard skip saved rows, keep the engine
+fed, save finished rows every K rows / T seconds to an atomic part file, write the done marker last.
+
+Runs inside a SLURM task (or submitit's local executor). Holds at most one shard's prompts in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import submitit
+
+from hpcgen import atomic
+from hpcgen.config import JobSpec
+from hpcgen.layout import PartName, RunLayout
+from hpcgen.plan import load_manifest, spec_from_manifest
+
+log = logging.getLogger("hpcgen.worker")
+
+PART_SCHEMA = pa.schema([
+    ("row_id", pa.int64()),
+    ("responses", pa.list_(pa.string())),
+    ("finish_reasons", pa.list_(pa.string())),
+    ("response_tokens", pa.list_(pa.int32())),
+    ("prompt_tokens", pa.int32()),
+    ("prompt_truncated", pa.bool_()),
+    ("gen_error", pa.string()),
+])
+
+
+def job_id() -> str:
+    """``<array>_<index>`` (or the job id) plus SLURM's restart count, so each requeue is its own attempt."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID"):
+        jid = f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
+    elif env.get("SLURM_JOB_ID"):
+        jid = env["SLURM_JOB_ID"]
+    else:
+        try:
+            jid = str(submitit.JobEnvironment().job_id)
+        except RuntimeError:
+            jid = f"pid{os.getpid()}"
+    return f"{jid}.r{env.get('SLURM_RESTART_COUNT', '0')}"
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def read_prompts(manifest: dict[str, Any], shard: int) -> Iterator[tuple[int, Any]]:
+    """(row_id, prompt value) for the shard's rows only; a missing key yields None (a per-row error)."""
+    start, end = manifest["shards"][shard]
+    ds, key = manifest["dataset"], manifest["job"]["data"]["prompt_key"]
+    if ds["format"] == "jsonl":
+        with open(ds["path"], "rb") as fh:
+            fh.seek(manifest["jsonl_offsets"][shard])
+            row = start
+            for line in fh:
+                if row >= end:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line.decode("utf-8")).get(key)
+                except (UnicodeDecodeError, ValueError, AttributeError):
+                    value = None
+                yield row, value
+                row += 1
+        return
+    pf = pq.ParquetFile(ds["path"])
+    md, first = pf.metadata, 0
+    for rg in range(md.num_row_groups):
+        n = md.row_group(rg).num_rows
+        lo, hi = max(start, first), min(end, first + n)
+        if lo < hi:
+            col = pf.read_row_group(rg, columns=[key]).column(0).slice(lo - first, hi - lo)
+            for i, value in enumerate(col.to_pylist()):
+                yield lo + i, value
+        first += n
+        if first >= end:
+            break
+
+
+def valid_parts(layout: RunLayout, shard: int, parts: list[PartName], bounds: tuple[int, int]) -> tuple[
+        list[PartName], set[int]]:
+    """Parts that read back whole with in-range, unique row ids; others are moved aside as ``.corrupt``."""
+    good, seen = [], set()
+    for p in parts:
+        path = layout.parts_dir / p.name
+        try:
+            ids = pq.read_table(path, columns=["row_id"]).column(0).to_pylist()
+            ok = len(ids) == p.rows and all(bounds[0] <= i < bounds[1] and i not in seen for i in ids)
+            ok = ok and len(set(ids)) == len(ids)
+        except Exception:  # any read failure means the file is not trustworthy
+            ok = False
+        if not ok:
+            log.warning("part %s is corrupt or inconsistent: moved aside, its rows are regenerated", path)
+            os.replace(path, path.with_name(path.name + f".corrupt.{int(time.time())}"))
+            continue
+        good.append(p)
+        seen.update(ids)
+    return good, seen
+
+
+def done_marker_ok(layout: RunLayout, shard: int, rows: int) -> bool:
+    try:
+        marker = atomic.read_json(layout.done(shard))
+    except (OSError, ValueError):
+        return False
+    return marker.get("rows") == rows and all((layout.parts_dir / p["name"]).is_file() for p in marker["parts"])
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_done(layout: RunLayout, shard: int, parts: list[PartName], errors: int, jid: str) -> None:
+    entries = [{"name": p.name, "rows": p.rows, "sha256": sha256_file(layout.parts_dir / p.name)} for p in parts]
+    checksum = hashlib.sha256("".join(e["sha256"] for e in entries).encode()).hexdigest()
+    atomic.write_json(layout.done(shard), {
+        "shard": shard, "rows": sum(p.rows for p in parts), "errors": errors, "parts": entries,
+        "checksum": checksum, "job_id": jid, "finished": time.time(),
+    })
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+class PartWriter:
+    """Buffers finished rows of one shard and saves them as atomic part files."""
+
+    def __init__(self, layout: RunLayout, shard: int, next_seq: int, every_rows: int, every_seconds: float):
+        self.layout, self.shard, self.seq = layout, shard, next_seq
+        self.every_rows, self.every_seconds = every_rows, every_seconds
+        self.rows: list[dict[str, Any]] = []
+        self.parts: list[PartName] = []
+        self.errors = 0
+        self.last_flush = time.monotonic()
+        self._busy = False
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if row.get("gen_error"):
+            self.errors += 1
+
+    def maybe_flush(self) -> None:
+        if len(self.rows) >= self.every_rows or (
+                self.rows and time.monotonic() - self.last_flush >= self.every_seconds):
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows or self._busy:
+            return
+        self._busy = True
+        try:
+            rows = sorted(self.rows, key=lambda r: r["row_id"])
+            table = pa.Table.from_pylist(rows, schema=PART_SCHEMA)
+            name = PartName(self.shard, self.seq, len(rows))
+            atomic.write_with(self.layout.parts_dir / name.name, lambda p: pq.write_table(table, p))
+            self.parts.append(name)
+            self.seq += 1
+            self.rows = []
+            self.last_flush = time.monotonic()
+        finally:
+            self._busy = False
+
+
+def error_row(row_id: int, message: str) -> dict[str, Any]:
+    return {"row_id": row_id, "responses": [], "finish_reasons": [], "response_tokens": [],
+            "prompt_tokens": None, "prompt_truncated": False, "gen_error": message}
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+
+def generate_shard(engine: Any, prompts: Iterator[tuple[int, Any]], writer: PartWriter, window: int) -> None:
+    """Feed the engine continuously (up to ``window`` rows in flight), collect finished rows, save often."""
+    from hpcgen.engine import PromptError
+
+    inflight: dict[int, bool] = {}
+    exhausted = False
+    writer.last_flush = time.monotonic()
+    while True:
+        while not exhausted and len(inflight) < window:
+            item = next(prompts, None)
+            if item is None:
+                exhausted = True
+                break
+            row_id, value = item
+            try:
+                ids, truncated = engine.encode(value)
+                engine.add(row_id, ids)
+                inflight[row_id] = truncated
+            except (PromptError, ValueError, TypeError) as exc:
+                writer.add(error_row(row_id, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+        if not inflight:
+            break
+        for f in engine.step():
+            writer.add({"row_id": f.row_id, "responses": f.texts, "finish_reasons": f.finish_reasons,
+                        "response_tokens": f.response_tokens, "prompt_tokens": f.prompt_tokens,
+                        "prompt_truncated": inflight.pop(f.row_id, False), "gen_error": None})
+        writer.maybe_flush()
+    writer.flush()
+
+
+class ShardTask(submitit.helpers.Checkpointable):
+    """What each array task runs: ``ShardTask()(run_dir, shard_ids)``. Requeue-aware through submitit."""
+
+    def __init__(self) -> None:
+        self._writer: PartWriter | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._writer = None
+
+    def __call__(self, run_dir: str, shard_ids: list[int],
+                 engine_factory: Callable[[JobSpec, str], Any] | None = None) -> dict[str, Any]:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        return run_shards(Path(run_dir), shard_ids, task=self, engine_factory=engine_factory)
+
+    def checkpoint(self, run_dir: str, shard_ids: list[int], *args: Any) -> Any:
+        """On SLURM's warning signal: save finished rows, then requeue (bounded by slurm.max_requeues)."""
+        if self._writer is not None:
+            self._writer.flush()
+        spec = spec_from_manifest(load_manifest(Path(run_dir)))
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        if restarts >= spec.slurm.max_requeues:
+            log.error("not requeued: %d requeues already (slurm.max_requeues=%d)", restarts, spec.slurm.max_requeues)
+            return None
+        return submitit.helpers.DelayedSubmission(ShardTask(), run_dir, shard_ids)
+
+
+def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = None,
+               engine_factory: Callable[[JobSpec, str], Any] | None = None) -> dict[str, Any]:
+    layout = RunLayout(run_dir)
+    manifest = load_manifest(run_dir)
+    spec = spec_from_manifest(manifest)
+    for key, value in spec.env.items():
+        os.environ.setdefault(key, value)
+    jid = job_id()
+    engine = None
+    summary: dict[str, Any] = {"job_id": jid, "shards": {}}
+    for shard in shard_ids:
+        start, end = manifest["shards"][shard]
+        if done_marker_ok(layout, shard, end - start):
+            summary["shards"][shard] = "already done"
+            continue
+        attempt = layout.attempt(shard, jid)
+        record = {"shard": shard, "job_id": jid, "host": socket.gethostname(), "pid": os.getpid(),
+                  "started": time.time(), "error": None}
+        atomic.write_json(attempt, record)
+        try:
+            parts, saved = valid_parts(layout, shard, layout.list_parts().get(shard, []), (start, end))
+            next_seq = max((p.seq for p in parts), default=-1) + 1
+            writer = PartWriter(layout, shard, next_seq, spec.checkpoint.every_rows, spec.checkpoint.every_seconds)
+            if task is not None:
+                task._writer = writer
+            todo = ((r, v) for r, v in read_prompts(manifest, shard) if r not in saved)
+            if len(saved) < end - start:
+                if engine is None:
+                    from hpcgen.engine import Engine
+
+                    engine = (engine_factory or Engine)(spec, spec.model.path)
+                generate_shard(engine, todo, writer, window=max(8, 2 * spec.rollout.max_num_seqs))
+            all_parts = parts + writer.parts
+            errors = writer.errors + _count_errors(layout, parts)
+            write_done(layout, shard, all_parts, errors, jid)
+            summary["shards"][shard] = {"rows": end - start, "generated": end - start - len(saved)}
+        except BaseException as exc:
+            record["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            record["traceback"] = traceback.format_exc(limit=20)
+            record["ended"] = time.time()
+            atomic.write_json(attempt, record)
+            raise
+        finally:
+            if task is not None:
+                task._writer = None
+        record["ended"] = time.time()
+        atomic.write_json(attempt, record)
+    return summary
+
+
+def _count_errors(layout: RunLayout, parts: list[PartName]) -> int:
+    total = 0
+    for p in parts:
+        col = pq.read_table(layout.parts_dir / p.name, columns=["gen_error"]).column(0)
+        total += len(col) - col.null_count
+    return total

@@ -1,0 +1,52 @@
+"""Shared fixtures: one throwaway SLURM cluster and one tiny model for the whole test run.
+
+In CI (``CI=true``) a missing SLURM or vLLM fails the test; elsewhere it skips.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("HPCGEN_TEST_CACHE", REPO / ".cache"))
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need(ok: bool, what: str) -> None:
+    """Fail in CI, skip elsewhere, when a real part is missing."""
+    if ok:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI but missing")
+    pytest.skip(f"{what} missing")
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The throwaway SLURM cluster (brought up once, idempotently); its env is exported to this process."""
+    from hpcgen_dev import cluster as cl
+
+    try:
+        info = cl.up()
+    except Exception as exc:  # noqa: BLE001 - reported as skip/fail below
+        need(False, f"throwaway SLURM cluster ({exc})")
+        raise
+    os.environ.update(info.env)
+    return info
+
+
+@pytest.fixture(scope="session")
+def vllm_ok() -> None:
+    need(importlib.util.find_spec("vllm") is not None, "vLLM")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(vllm_ok) -> Path:
+    """Directory of the tiny HF causal LM, built once per cache."""
+    from hpcgen_dev.tiny_model import build_tiny_model
+
+    return build_tiny_model(CACHE / "tiny-model")
