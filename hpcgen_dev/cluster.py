@@ -1,8 +1,8 @@
 """A throwaway SLURM cluster on this one machine, for development and tests.
 
 Everything lives under one state dir: a munge key and ``munged`` with its own socket, a private MariaDB,
-``slurmdbd``, ``slurmctld`` and two ``slurmd`` "nodes" (``n1``, ``n2``, each with 4 CPUs and 4 fake GPUs).
-All ports are non-default (base ``$HPCGEN_CLUSTER_PORT_BASE``, 16800). Clients only need ``SLURM_CONF``.
+``slurmdbd``, ``slurmctld`` and two ``slurmd`` "nodes" (``n1``, ``n2``: 4 CPUs, 8000 MB, 4 fake GPUs each).
+Ports are non-default (base ``$HPCGEN_CLUSTER_PORT_BASE``, default 16800). Clients only need ``SLURM_CONF``.
 
     python -m hpcgen_dev.cluster up|down|status|env
 """
@@ -22,15 +22,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from string import Template
 
-REPO = Path(__file__).resolve().parents[1]
-CLUSTER = "hpcgen"
-PARTITION = "gpu"
-NODES = ("n1", "n2")
-MARKER = "HPCGEN_CLUSTER_STATE"  # env var set on every daemon we start: how down() recognises ours
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CLUSTER, PARTITION, NODES = "hpcgen", "gpu", ("n1", "n2")
+MARKER = "HPCGEN_CLUSTER_STATE"  # set in the env of every daemon we start: how we recognise ours
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PACKAGES = ("slurm-wlm", "slurmdbd", "munge", "mariadb-server")
-GOOD = {"idle", "mix", "alloc", "comp"}  # sinfo %t states of a responding, usable node
+GOOD = {"idle", "mix", "alloc", "comp"}  # sinfo %t of a responding, usable node
 DB_USER, DB_PASS, DB_NAME = "slurm", "hpcgen-dev", "slurm_acct_db"
 
 
@@ -54,70 +54,67 @@ class _Daemon:
 
 
 def whoami(x: object) -> tuple[object, str | None, str | None]:
-    """Tiny importable job function for tests: what ran where."""
+    """Tiny importable job function for tests: (x, node, array task id)."""
     return x, os.environ.get("SLURMD_NODENAME"), os.environ.get("SLURM_ARRAY_TASK_ID")
 
 
-def _default_dir(state_dir: Path | str | None) -> Path:
-    if state_dir is None:
-        state_dir = os.environ.get("HPCGEN_CLUSTER_DIR") or REPO / ".cluster"
-    return Path(state_dir).resolve()
-
-
 def info(state_dir: Path | str | None = None) -> ClusterInfo:
-    s = _default_dir(state_dir)
+    """Where the cluster lives and what clients need, without starting anything."""
+    s = Path(state_dir or os.environ.get("HPCGEN_CLUSTER_DIR") or REPO / ".cluster").resolve()
     conf = s / "etc" / "slurm.conf"
     return ClusterInfo(state_dir=s, slurm_conf=conf, env={"SLURM_CONF": str(conf)})
 
 
 def _ports() -> dict[str, int]:
     base = int(os.environ.get("HPCGEN_CLUSTER_PORT_BASE", "16800"))
-    return {"slurmctld": base + 17, "slurmdbd": base + 19, "n1": base + 21, "n2": base + 22, "mysql": base + 36}
+    return {"ctld": base + 17, "dbd": base + 19, "n1": base + 21, "n2": base + 22, "mysql": base + 36}
 
 
-def _which(name: str) -> str | None:
-    return shutil.which(name, path=PATH)
-
-
-def _tail(path: Path, n: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no log)"
+def _which(*names: str) -> str | None:
+    return next((p for n in names if (p := shutil.which(n, path=PATH))), None)
 
 
 def _fail(what: str, *logs: Path) -> RuntimeError:
-    parts = [what] + [f"--- tail of {log} ---\n{_tail(log)}" for log in logs]
+    parts = [what]
+    for log in logs:
+        try:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        except OSError:
+            tail = "(missing)"
+        parts.append(f"--- tail of {log} ---\n{tail}")
     return RuntimeError("\n".join(parts))
 
 
 def _env(s: Path) -> dict[str, str]:
-    return {**os.environ, "PATH": PATH + ":" + os.environ.get("PATH", ""), MARKER: str(s),
+    return {**os.environ, "PATH": f"{PATH}:{os.environ.get('PATH', '')}", MARKER: str(s),
             "SLURM_CONF": str(s / "etc" / "slurm.conf")}
 
 
 def _run(argv: list[str], s: Path, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, env=_env(s), capture_output=True, text=True, timeout=timeout, check=False)
+    try:
+        proc = subprocess.run(argv, env=_env(s), capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        proc = subprocess.CompletedProcess(argv, 124, "", f"timed out after {timeout}s")
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout}")
     return proc
 
 
-def _wait(ok: Callable[[], bool], timeout: float, what: str, *logs: Path) -> None:
+def _wait(ok: Callable[[], object], timeout: float, what: str | Callable[[], str], *logs: Path) -> None:
     end = time.monotonic() + timeout
     while not ok():
         if time.monotonic() > end:
-            raise _fail(f"timed out after {timeout:.0f}s waiting for {what}", *logs)
+            raise _fail(f"timed out after {timeout:.0f}s waiting for {what if isinstance(what, str) else what()}",
+                        *logs)
         time.sleep(0.5)
 
 
-# ---------------------------------------------------------------- host setup
+# ---------------------------------------------------------------- host and files
 
 
 def _ensure_packages() -> None:
-    need = ["slurmctld", "slurmd", "slurmdbd", "munged", "sacctmgr", "mariadb-install-db"]
-    missing = [b for b in need if not _which(b)] + ([] if _which("mariadbd") or _which("mysqld") else ["mysqld"])
-    if not missing:
+    bins = ["slurmctld", "slurmd", "slurmdbd", "munged", "sacctmgr", "mariadb-install-db"]
+    if all(_which(b) for b in bins) and _which("mariadbd", "mysqld"):
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update"], env=env, check=True)
@@ -125,106 +122,35 @@ def _ensure_packages() -> None:
 
 
 def _ensure_hosts(hosts: Path = Path("/etc/hosts")) -> None:
+    """Make the node names resolve (to this machine)."""
     names = {t for line in hosts.read_text().splitlines() for t in line.split("#")[0].split()[1:]}
     if not set(NODES) <= names:
         with hosts.open("a") as fh:
             fh.write(f"127.0.0.1 {' '.join(NODES)}  # hpcgen dev cluster\n")
 
 
-# ---------------------------------------------------------------- configuration
-
-
-def _configs(s: Path) -> dict[Path, str]:
-    p, host = _ports(), socket.gethostname().split(".")[0]
-    auth = f"AuthType=auth/munge\nAuthInfo=socket={s / 'munge' / 'munge.socket'}\n"
-    slurm = f"""# generated by hpcgen_dev.cluster -- throwaway dev cluster, do not edit
-ClusterName={CLUSTER}
-SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={p['slurmctld']}
-SlurmdPort={p['n1']}
-SlurmUser=root
-SlurmdUser=root
-{auth}CredType=cred/munge
-StateSaveLocation={s / 'ctld'}
-SlurmdSpoolDir={s / 'spool' / '%n'}
-SlurmctldPidFile={s / 'run' / 'slurmctld.pid'}
-SlurmdPidFile={s / 'run' / 'slurmd-%n.pid'}
-SlurmctldLogFile={s / 'log' / 'slurmctld.log'}
-SlurmdLogFile={s / 'log' / 'slurmd-%n.log'}
-SlurmctldDebug=info
-SlurmdDebug=info
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-MpiDefault=none
-MailProg=/bin/true
-SwitchType=switch/none
-JobAcctGatherType=jobacct_gather/linux
-JobAcctGatherFrequency=30
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
-AccountingStoragePort={p['slurmdbd']}
-AccountingStoragePass={s / 'munge' / 'munge.socket'}
-AccountingStorageTRES=gres/gpu
-JobCompType=jobcomp/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=1000
-GresTypes=gpu
-SlurmdParameters=config_overrides
-PropagateResourceLimits=NONE
-ReturnToService=2
-SlurmctldTimeout=30
-SlurmdTimeout=20
-InactiveLimit=0
-KillWait=5
-MinJobAge=30
-Waittime=0
-MaxArraySize=1001
-MaxJobCount=200000
-JobRequeue=1
-NodeName=n[1-2] NodeHostname={host} NodeAddr=127.0.0.1 Port=[{p['n1']}-{p['n2']}] CPUs=4 Sockets=1 \
-CoresPerSocket=4 ThreadsPerCore=1 RealMemory=8000 Gres=gpu:4 State=UNKNOWN
-PartitionName={PARTITION} Nodes=n[1-2] Default=YES MaxTime=INFINITE State=UP
-"""
-    gres = "AutoDetect=off\n" + "".join(f"NodeName={n} Name=gpu File={s / 'gres' / n / 'gpu'}[0-3]\n" for n in NODES)
-    dbd = f"""# generated by hpcgen_dev.cluster
-{auth}DbdHost=localhost
-DbdAddr=127.0.0.1
-DbdPort={p['slurmdbd']}
-SlurmUser=root
-DebugLevel=info
-LogFile={s / 'log' / 'slurmdbd.log'}
-PidFile={s / 'run' / 'slurmdbd.pid'}
-StorageType=accounting_storage/mysql
-StorageHost=127.0.0.1
-StoragePort={p['mysql']}
-StorageUser={DB_USER}
-StoragePass={DB_PASS}
-StorageLoc={DB_NAME}
-"""
-    etc = s / "etc"
-    return {etc / "slurm.conf": slurm, etc / "gres.conf": gres, etc / "slurmdbd.conf": dbd}
-
-
-def _write_configs(s: Path) -> bool:
-    """Create the directory tree, key and config files; True when a config file changed."""
+def _write_files(s: Path) -> bool:
+    """Create the tree, munge key, fake GPUs and configs; True when a config file changed."""
     for d in ("etc", "munge", "mysql", "run", "log", "ctld", *(f"spool/{n}" for n in NODES)):
-        (s / d).mkdir(parents=True, exist_ok=True, mode=0o755)
+        (s / d).mkdir(parents=True, exist_ok=True)
     for n in NODES:
         (s / "gres" / n).mkdir(parents=True, exist_ok=True)
-        for i in range(4):  # fake GPUs: slurmd wants character devices, so point them at /dev/null
-            dev = s / "gres" / n / f"gpu{i}"
-            if not dev.is_symlink():
+        for i in range(4):  # slurmd insists on character devices
+            if not (dev := s / "gres" / n / f"gpu{i}").is_symlink():
                 dev.unlink(missing_ok=True)
                 dev.symlink_to("/dev/null")
     key = s / "munge" / "munge.key"
     if not key.exists():
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400), "wb") as fh:
             fh.write(os.urandom(1024))
+    p = _ports()
+    subs = {"state": str(s), "cluster": CLUSTER, "partition": PARTITION, "host": socket.gethostname().split(".")[0],
+            "munge_socket": str(s / "munge" / "munge.socket"), "ctld_port": p["ctld"], "dbd_port": p["dbd"],
+            "n1_port": p["n1"], "n2_port": p["n2"], "mysql_port": p["mysql"],
+            "db_user": DB_USER, "db_pass": DB_PASS, "db_name": DB_NAME}
     changed = False
-    for path, text in _configs(s).items():
+    for name in ("slurm.conf", "slurmdbd.conf", "gres.conf"):
+        path, text = s / "etc" / name, Template((HERE / f"{name}.in").read_text()).substitute(subs)
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
             changed = True
@@ -234,76 +160,69 @@ def _write_configs(s: Path) -> bool:
 
 def _daemons(s: Path) -> list[_Daemon]:
     p, conf, run, log, m = _ports(), str(s / "etc" / "slurm.conf"), s / "run", s / "log", s / "mysql"
-    mysqld = _which("mariadbd") or _which("mysqld") or "mariadbd"
-    out = [
-        _Daemon("munged", ("munged",), (
-            "munged", f"--socket={s / 'munge' / 'munge.socket'}", f"--key-file={s / 'munge' / 'munge.key'}",
-            f"--pid-file={run / 'munged.pid'}", f"--log-file={log / 'munged.log'}",
-            f"--seed-file={s / 'munge' / 'munged.seed'}", "--num-threads=10"), run / "munged.pid", log / "munged.log"),
-        _Daemon("mysqld", ("mariadbd", "mysqld"), (
-            "setsid", "-f", mysqld, "--no-defaults", f"--datadir={m / 'data'}", f"--socket={m / 'mysqld.sock'}",
-            f"--port={p['mysql']}", "--bind-address=127.0.0.1", f"--pid-file={run / 'mysqld.pid'}",
-            f"--log-error={log / 'mysqld.log'}", "--user=root", "--skip-name-resolve",
-            "--innodb-buffer-pool-size=128M", "--innodb-lock-wait-timeout=900", "--innodb-use-native-aio=0"),
-            run / "mysqld.pid", log / "mysqld.log"),
+    munge = s / "munge"
+    mysqld = (
+        "setsid", "-f", _which("mariadbd", "mysqld") or "mariadbd", "--no-defaults", f"--datadir={m / 'data'}",
+        f"--socket={m / 'mysqld.sock'}", f"--port={p['mysql']}", "--bind-address=127.0.0.1", "--user=root",
+        f"--pid-file={run / 'mysqld.pid'}", f"--log-error={log / 'mysqld.log'}", "--skip-name-resolve",
+        "--innodb-buffer-pool-size=128M", "--innodb-lock-wait-timeout=900", "--innodb-use-native-aio=0")
+    munged = ("munged", f"--socket={munge / 'munge.socket'}", f"--key-file={munge / 'munge.key'}",
+              f"--pid-file={run / 'munged.pid'}", f"--log-file={log / 'munged.log'}",
+              f"--seed-file={munge / 'munged.seed'}", "--num-threads=10")
+    return [
+        _Daemon("munged", ("munged",), munged, run / "munged.pid", log / "munged.log"),
+        _Daemon("mysqld", ("mariadbd", "mysqld"), mysqld, run / "mysqld.pid", log / "mysqld.log"),
         _Daemon("slurmdbd", ("slurmdbd",), ("slurmdbd",), run / "slurmdbd.pid", log / "slurmdbd.log"),
         _Daemon("slurmctld", ("slurmctld",), ("slurmctld", "-f", conf), run / "slurmctld.pid", log / "slurmctld.log"),
-    ]
-    return out + [_Daemon(f"slurmd-{n}", ("slurmd",), ("slurmd", "-f", conf, "-N", n), run / f"slurmd-{n}.pid",
-                          log / f"slurmd-{n}.log", n) for n in NODES]
+    ] + [_Daemon(f"slurmd-{n}", ("slurmd",), ("slurmd", "-f", conf, "-N", n), run / f"slurmd-{n}.pid",
+                 log / f"slurmd-{n}.log", n) for n in NODES]
 
 
 # ---------------------------------------------------------------- processes
 
 
+def _read_proc(pid: int) -> tuple[list[str], str] | None:
+    """(argv, raw environ) of a live, non-zombie process, else None."""
+    d = Path(f"/proc/{pid}")
+    try:
+        if (d / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return None
+        argv = [a for a in (d / "cmdline").read_bytes().decode(errors="replace").split("\0") if a]
+        return argv, (d / "environ").read_bytes().decode(errors="replace") + "\0"
+    except (OSError, IndexError):
+        return None
+
+
 def _procs() -> Iterator[tuple[int, list[str], str]]:
-    """(pid, argv, raw environ) of every live, non-zombie process."""
     for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            if (d / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                continue
-            argv = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            yield int(d.name), [a for a in argv if a], (d / "environ").read_bytes().decode(errors="replace")
-        except (OSError, IndexError):
-            continue
+        if d.name.isdigit() and (found := _read_proc(int(d.name))):
+            yield int(d.name), *found
 
 
 def _is_ours(s: Path, environ: str) -> bool:
-    return f"{MARKER}={s}\0" in environ + "\0"
+    return f"{MARKER}={s}\0" in environ
 
 
 def _matches(d: _Daemon, argv: list[str]) -> bool:
     if not argv or os.path.basename(argv[0]) not in d.exes:
         return False
-    return d.node is None or (d.node in argv and argv.index(d.node) > 0 and argv[argv.index(d.node) - 1] == "-N")
+    return d.node is None or any(a == "-N" and b == d.node for a, b in zip(argv, argv[1:], strict=False))
 
 
 def _alive(s: Path) -> dict[str, int]:
-    """Daemon name -> pid, for our daemons that are running."""
+    """Daemon name -> pid, for the daemons of this cluster that are running."""
     found: dict[str, int] = {}
+    daemons = _daemons(s)
     for pid, argv, environ in _procs():
-        if not _is_ours(s, environ):
-            continue
-        for d in _daemons(s):
-            if _matches(d, argv):
-                found.setdefault(d.name, pid)
+        if _is_ours(s, environ):
+            for d in daemons:
+                if _matches(d, argv):
+                    found.setdefault(d.name, pid)
     return found
 
 
-def _ancestors() -> set[int]:
-    pids, pid = set(), os.getpid()
-    while pid > 1:
-        pids.add(pid)
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            break
-    return pids
-
-
 def _kill(pids: set[int], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL what is still there after `timeout`."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             try:
@@ -311,41 +230,32 @@ def _kill(pids: set[int], timeout: float = 10) -> None:
             except ProcessLookupError:
                 pass
         end = time.monotonic() + timeout
-        while pids and time.monotonic() < end:
-            pids = {p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)}
+        while (pids := {p for p in pids if _read_proc(p)}) and time.monotonic() < end:
             time.sleep(0.2)
         if not pids:
             return
 
 
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _start(d: _Daemon, s: Path) -> None:
-    with (s / "log" / f"{d.name}.out").open("ab") as out:
-        rc = subprocess.run(list(d.argv), env=_env(s), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                            cwd=s, timeout=120, check=False).returncode
+    """Start a daemon (they all fork into the background themselves) with our marker in its env."""
+    out = s / "log" / f"{d.name}.out"
+    with out.open("ab") as fh:
+        rc = subprocess.run(list(d.argv), env=_env(s), stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, cwd=s,
+                            timeout=120, check=False).returncode
     if rc != 0:
-        raise _fail(f"{d.name} failed to start (exit {rc})", d.log, s / "log" / f"{d.name}.out")
+        raise _fail(f"{d.name} failed to start (exit {rc})", d.log, out)
 
 
-# ---------------------------------------------------------------- bring-up steps
+# ---------------------------------------------------------------- bring-up
 
 
 def _sql(s: Path, query: str) -> subprocess.CompletedProcess[str]:
-    client = _which("mariadb") or "mysql"
+    client = _which("mariadb", "mysql") or "mysql"
     return _run([client, "--no-defaults", f"--socket={s / 'mysql' / 'mysqld.sock'}", "-uroot", "-e", query], s)
 
 
 def _node_states(s: Path) -> dict[str, str]:
-    try:
-        out = _run(["sinfo", "-h", "-N", "-p", PARTITION, "-o", "%N %t"], s, timeout=20).stdout
-    except subprocess.TimeoutExpired:
-        return {}
+    out = _run(["sinfo", "-h", "-N", "-p", PARTITION, "-o", "%N %t"], s, timeout=20).stdout
     return dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
 
 
@@ -354,39 +264,41 @@ def _healthy(s: Path) -> bool:
     return all(states.get(n) in GOOD for n in NODES)
 
 
+def _start_db(s: Path, d: _Daemon) -> None:
+    data = s / "mysql" / "data"
+    if not (data / "mysql").is_dir():
+        shutil.rmtree(data, ignore_errors=True)
+        r = _run([_which("mariadb-install-db", "mysql_install_db") or "mariadb-install-db", "--no-defaults",
+                  f"--datadir={data}", "--user=root", "--skip-test-db", "--auth-root-authentication-method=socket"],
+                 s, timeout=300)
+        if r.returncode != 0:
+            raise RuntimeError(f"mariadb-install-db failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    _start(d, s)
+
+
 def _bring_up(s: Path, changed: bool) -> None:
-    daemons, alive = _daemons(s), _alive(s)
-    if changed:  # new config: restart the slurm daemons that are running with the old one
-        _kill({pid for name, pid in alive.items() if name.startswith("slurm")})
+    by_name, alive = {d.name: d for d in _daemons(s)}, _alive(s)
+    if changed and alive:  # new config: restart everything that runs with the old one
+        _kill(set(alive.values()))
         alive = _alive(s)
-    by_name = {d.name: d for d in daemons}
+    sock = s / "munge" / "munge.socket"
     if "munged" not in alive:
-        (s / "munge" / "munge.socket").unlink(missing_ok=True)
+        sock.unlink(missing_ok=True)
         _start(by_name["munged"], s)
-    _wait(lambda: (s / "munge" / "munge.socket").exists(), 20, "munged", by_name["munged"].log)
+    _wait(sock.exists, 20, "munged", by_name["munged"].log)
     if "mysqld" not in alive:
-        data = s / "mysql" / "data"
-        if not (data / "mysql").is_dir():
-            shutil.rmtree(data, ignore_errors=True)
-            inst = _which("mariadb-install-db") or "mysql_install_db"
-            r = _run([inst, "--no-defaults", f"--datadir={data}", "--user=root", "--skip-test-db",
-                      "--auth-root-authentication-method=socket"], s, timeout=300)
-            if r.returncode != 0:
-                raise RuntimeError(f"mariadb-install-db failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-        _start(by_name["mysqld"], s)
-    _wait(lambda: _sql(s, "SELECT 1").returncode == 0, 90, "MariaDB", by_name["mysqld"].log)
-    grants = "".join(f"CREATE USER IF NOT EXISTS '{DB_USER}'@'{h}' IDENTIFIED BY '{DB_PASS}'; "
-                     f"GRANT ALL ON {DB_NAME}.* TO '{DB_USER}'@'{h}'; " for h in ("127.0.0.1", "localhost"))
-    r = _sql(s, grants + "FLUSH PRIVILEGES;")
-    if r.returncode != 0:
-        raise RuntimeError(f"creating the slurm DB user failed: {r.stderr}")
+        _start_db(s, by_name["mysqld"])
+    _wait(lambda: _sql(s, "SELECT 1").returncode == 0, 120, "MariaDB", by_name["mysqld"].log)
+    for h in ("127.0.0.1", "localhost"):
+        _sql(s, f"CREATE USER IF NOT EXISTS '{DB_USER}'@'{h}' IDENTIFIED BY '{DB_PASS}'; "
+                f"GRANT ALL ON {DB_NAME}.* TO '{DB_USER}'@'{h}';")
     if "slurmdbd" not in alive:
         _start(by_name["slurmdbd"], s)
     clusters = ["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster"]
     _wait(lambda: _run(clusters, s).returncode == 0, 120, "slurmdbd", by_name["slurmdbd"].log)
-    if CLUSTER not in _run(clusters, s).stdout.split():
+    if CLUSTER not in _run(clusters, s).stdout.split():  # also creates the root account and user
         _run(["sacctmgr", "-i", "add", "cluster", CLUSTER], s, check=True)
-        if "slurmctld" in alive:  # it must re-register with the new cluster
+        if "slurmctld" in alive:  # it must register again
             _kill({alive.pop("slurmctld")})
     if "slurmctld" not in alive:
         _start(by_name["slurmctld"], s)
@@ -395,19 +307,19 @@ def _bring_up(s: Path, changed: bool) -> None:
     for n in NODES:
         if f"slurmd-{n}" not in alive:
             _start(by_name[f"slurmd-{n}"], s)
-    resumed = time.monotonic() + 10
+    resume_at = time.monotonic() + 10
 
     def nodes_ok() -> bool:
-        nonlocal resumed
+        nonlocal resume_at
         states = _node_states(s)
         bad = [n for n in NODES if states.get(n, "").rstrip("*~#!%$@^-") in ("down", "drain", "drng", "fail")]
-        if bad and time.monotonic() > resumed:  # e.g. left DOWN by an earlier run: give it back
+        if bad and time.monotonic() > resume_at:  # e.g. left DOWN by an earlier run: give it back
             _run(["scontrol", "update", f"NodeName={','.join(bad)}", "State=RESUME"], s)
-            resumed = time.monotonic() + 10
+            resume_at = time.monotonic() + 10
         return all(states.get(n) in GOOD for n in NODES)
 
     logs = [ctld_log] + [by_name[f"slurmd-{n}"].log for n in NODES]
-    _wait(nodes_ok, 90, f"nodes {','.join(NODES)} to be idle (sinfo: {_node_states(s)})", *logs)
+    _wait(nodes_ok, 90, lambda: f"nodes to be idle (sinfo: {_node_states(s)})", *logs)
 
 
 @contextmanager
@@ -422,75 +334,78 @@ def _locked(s: Path) -> Iterator[None]:
 
 
 def up(state_dir: Path | str | None = None) -> ClusterInfo:
-    """Bring the cluster up (idempotent: returns quickly when it is already healthy)."""
+    """Bring the cluster up and wait for both nodes; returns quickly when it is already healthy."""
     ci = info(state_dir)
-    s = ci.state_dir
     _ensure_packages()
     _ensure_hosts()
-    with _locked(s):
-        changed = _write_configs(s)
-        if not changed and len(_alive(s)) == len(_daemons(s)) and _healthy(s):
-            return ci
-        _bring_up(s, changed)
+    with _locked(ci.state_dir):
+        changed = _write_files(ci.state_dir)
+        if changed or len(_alive(ci.state_dir)) < len(_daemons(ci.state_dir)) or not _healthy(ci.state_dir):
+            _bring_up(ci.state_dir, changed)
     return ci
 
 
 def down(state_dir: Path | str | None = None) -> None:
-    """Stop every daemon (and job process) of this cluster and remove its state dir."""
+    """Stop every daemon and job process of this cluster, then remove its state dir."""
     s = info(state_dir).state_dir
     if not s.exists():
         return
-    conf = f"SLURM_CONF={s / 'etc' / 'slurm.conf'}\0"
     with _locked(s):
         alive = _alive(s)
-        if "slurmctld" in alive and any(f"slurmd-{n}" in alive for n in NODES):
-            jobs = _run(["squeue", "-h", "-o", "%A"], s, timeout=20).stdout.split()
-            if jobs:
-                _run(["scancel", *jobs], s, timeout=20)
-                _wait(lambda: not _run(["squeue", "-h", "-t", "R,CG", "-o", "%A"], s).stdout.strip(), 15, "jobs")
-        pids: set[int] = set()
-        for d in _daemons(s):  # pid files first
+        if "slurmctld" in alive and (jobs := _run(["squeue", "-h", "-o", "%A"], s, timeout=20).stdout.split()):
+            _run(["scancel", *jobs], s, timeout=20)
+            _wait(lambda: not _run(["squeue", "-h", "-t", "R,CG", "-o", "%A"], s).stdout.strip(), 15, "scancel")
+        pids = set()
+        for d in _daemons(s):  # pid files first ...
             try:
                 pid = int(d.pidfile.read_text().split()[0])
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-                environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
             except (OSError, ValueError, IndexError):
                 continue
-            if _matches(d, [a for a in argv if a]) and _is_ours(s, environ):
+            if (found := _read_proc(pid)) and _matches(d, found[0]) and _is_ours(s, found[1]):
                 pids.add(pid)
         _kill(pids)
-        mine = _ancestors()  # then anything else of ours: stray daemons, job steps, job processes
-        _kill({pid for pid, argv, env in _procs()
-               if pid not in mine and (_is_ours(s, env) or (conf in env + "\0" and "SLURM_JOB_ID=" in env))})
+        mine, pid = set(), os.getpid()  # ... then whatever else is ours: strays, steps, job processes
+        while pid > 1 and pid not in mine:
+            mine.add(pid)
+            pid = _ppid(pid)
+        conf = f"SLURM_CONF={s / 'etc' / 'slurm.conf'}\0"
+        _kill({p for p, _, env in _procs()
+               if p not in mine and (_is_ours(s, env) or (conf in env and "\0SLURM_JOB_ID=" in env))})
         shutil.rmtree(s, ignore_errors=True)
 
 
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def status(state_dir: Path | str | None = None) -> str:
-    """Human-readable status: which daemons are alive, and sinfo."""
+    """Human-readable: which daemons are alive, and sinfo."""
     ci = info(state_dir)
-    s = ci.state_dir
     if not ci.slurm_conf.exists():
-        return f"no cluster at {s}"
-    alive = _alive(s)
-    lines = [f"state dir:  {s}", f"SLURM_CONF: {ci.slurm_conf}", f"ports:      {_ports()}"]
-    lines += [f"  {d.name:<10} {'up (pid %d)' % alive[d.name] if d.name in alive else 'DOWN'}" for d in _daemons(s)]
+        return f"no cluster at {ci.state_dir}"
+    alive = _alive(ci.state_dir)
+    lines = [f"state dir:  {ci.state_dir}", f"SLURM_CONF: {ci.slurm_conf}", f"ports:      {_ports()}"]
+    lines += [f"  {d.name:<10} {f'up (pid {alive[d.name]})' if d.name in alive else 'DOWN'}"
+              for d in _daemons(ci.state_dir)]
     if "slurmctld" in alive:
-        r = _run(["sinfo", "-N", "-o", "%N %P %t %c %m %G"], s, timeout=20)
+        r = _run(["sinfo", "-N", "-o", "%N %P %t %c %m %G"], ci.state_dir, timeout=20)
         lines += ["", r.stdout.rstrip() or r.stderr.rstrip()]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hpcgen_dev.cluster", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m hpcgen_dev.cluster", description="Throwaway SLURM cluster.")
     ap.add_argument("command", choices=["up", "down", "status", "env"])
-    ap.add_argument("--dir", type=Path, default=None, help="state dir (default $HPCGEN_CLUSTER_DIR or <repo>/.cluster)")
+    ap.add_argument("--dir", type=Path, help="state dir (default: $HPCGEN_CLUSTER_DIR or <repo>/.cluster)")
     a = ap.parse_args(argv)
     if a.command == "up":
         t0 = time.monotonic()
         ci = up(a.dir)
-        print(f"cluster up in {time.monotonic() - t0:.1f}s; config: {ci.slurm_conf}\nto use it: "
-              f"eval \"$({sys.executable} -m hpcgen_dev.cluster env)\"", file=sys.stderr)
-        print(f"export SLURM_CONF={ci.slurm_conf}")
+        print(f"cluster up in {time.monotonic() - t0:.1f}s; config: {ci.slurm_conf}\n"
+              f'use it with: eval "$({sys.executable} -m hpcgen_dev.cluster env)"')
     elif a.command == "down":
         down(a.dir)
     elif a.command == "status":

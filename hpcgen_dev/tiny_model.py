@@ -47,7 +47,7 @@ HEAD_DIM = HIDDEN // HEADS
 MAX_POS = 4096
 TORCH_DTYPE = "bfloat16"
 BIAS_FEATURE = 2.0
-EOS_BOOST = 0.4
+EOS_BOOST = 6.0
 
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
@@ -207,8 +207,9 @@ def make_weights(
     embed[:, 0] = BIAS_FEATURE
     embed[n_real:, :] = 0.0
     embed[n_real:, 0] = -50.0 * BIAS_FEATURE
-    if eos_id is not None:
-        embed[eos_id, 0] += eos_boost
+    if eos_id is not None:  # eos logit = (bias + boost) * feature: steady and tunable
+        embed[eos_id, :] = 0.0
+        embed[eos_id, 0] = BIAS_FEATURE + eos_boost
     w: dict[str, np.ndarray] = {"model.embed_tokens.weight": embed}
     for i in range(LAYERS):
         p = f"model.layers.{i}."

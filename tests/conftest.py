@@ -50,3 +50,11 @@ def tiny_model(vllm_ok) -> Path:
     from hpcgen_dev.tiny_model import build_tiny_model
 
     return build_tiny_model(CACHE / "tiny-model")
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    """100 verl-schema rows with system prompts, multi-turn chats, non-ASCII text and nested extra columns."""
+    from hpcgen_dev.datasets import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("data") / "prompts.parquet", 100, variety=True, row_group_size=16)

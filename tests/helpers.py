@@ -1,0 +1,80 @@
+"""Small helpers shared by tests (importable as ``helpers`` because tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_job(path: Path, *, data: Path, model: Path, **sections: Any) -> Path:
+    """A job file on the tiny model + dev cluster presets, with absolute paths and extra sections merged."""
+    job: dict[str, Any] = {
+        "defaults": ["model/tiny", "cluster/dev"],
+        "data": {"path": str(data), "n_samples": 2, "output_path": str(path.parent / "out.parquet")},
+        "model": {"path": str(model)},
+        "rollout": {"temperature": 1.0, "top_p": 0.9, "response_length": 16},
+        "sharding": {"num_shards": 2},
+        "checkpoint": {"every_rows": 8, "every_seconds": 5},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            job.setdefault(key, {}).update(value)
+        else:
+            job[key] = value
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def hpcgen(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+           timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess; stdout/stderr captured as text."""
+    return subprocess.run([sys.executable, "-m", "hpcgen", *args], cwd=cwd or REPO, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "HPCGEN_POLL_SECONDS": "2", **(env or {})})
+
+
+def status_json(run_dir: Path) -> dict[str, Any]:
+    res = hpcgen("status", str(run_dir), "--json")
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+class FakeEngine:
+    """Stands in for hpcgen.engine.Engine in fast unit tests: deterministic text per (row, sample)."""
+
+    def __init__(self, spec: Any, model_path: str, *, per_step: int = 3, fail_rows: tuple[int, ...] = ()):
+        self.spec, self.per_step, self.fail_rows = spec, per_step, fail_rows
+        self.queue: list[int] = []
+        self.added: list[int] = []
+
+    def encode(self, prompt: Any) -> tuple[list[int], bool]:
+        from hpcgen.engine import PromptError, normalize_messages
+
+        msgs = normalize_messages(prompt)
+        ids = list(range(sum(len(m["content"]) for m in msgs) % 50 + 1))
+        if len(ids) > self.spec.rollout.prompt_length:
+            raise PromptError("too long")
+        return ids, False
+
+    def add(self, row_id: int, ids: list[int]) -> None:
+        if row_id in self.fail_rows:
+            raise ValueError(f"row {row_id} rejected by the engine")
+        self.queue.append(row_id)
+        self.added.append(row_id)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.queue)
+
+    def step(self) -> list[Any]:
+        from hpcgen.engine import Finished
+
+        n = self.spec.data.n_samples
+        done, self.queue = self.queue[: self.per_step], self.queue[self.per_step:]
+        return [Finished(r, [f"row {r} sample {i}" for i in range(n)], ["stop"] * n, [3] * n, 5) for r in done]

@@ -1,0 +1,121 @@
+"""The in-task loop with a stand-in engine (fast); the real engine is exercised in test_pipeline.py."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from helpers import FakeEngine
+
+from hpcgen.config import load_job
+from hpcgen.engine import normalize_messages, PromptError, row_seed
+from hpcgen.layout import RunLayout
+from hpcgen.plan import create_run_dir, make_plan
+from hpcgen.worker import read_prompts, run_shards
+
+
+def make_run(tmp_path: Path, dataset: Path, model: Path, *overrides: str) -> RunLayout:
+    data = {"data": {"path": str(dataset), "n_samples": 2}, "model": {"path": str(model)},
+            "sharding": {"num_shards": 3}, "checkpoint": {"every_rows": 4}}
+    spec = load_job(None, list(overrides), data=data)
+    plan = make_plan(spec, job_file=None, overrides=list(overrides))
+    return create_run_dir(tmp_path / "run", plan.manifest)
+
+
+@pytest.fixture
+def fake_model(tmp_path: Path) -> Path:
+    m = tmp_path / "model"
+    m.mkdir()
+    (m / "config.json").write_text("{}")
+    (m / "tokenizer.json").write_text("{}")
+    return m
+
+
+def test_shards_saved_in_parts_then_marked_done(tmp_path, small_dataset, fake_model):
+    run = make_run(tmp_path, small_dataset, fake_model)
+    engines = []
+
+    def factory(spec, path):
+        engines.append(FakeEngine(spec, path))
+        return engines[-1]
+
+    out = run_shards(run.root, [0, 1, 2], engine_factory=factory)
+    assert len(engines) == 1  # one engine load for all the task's shards
+    assert sorted(run.list_done()) == [0, 1, 2]
+    parts = run.list_parts()
+    assert sum(p.rows for ps in parts.values() for p in ps) == 100
+    assert len(parts[0]) >= 5  # every_rows=4 -> many saves (FakeEngine finishes 3 rows a step)
+    assert out["shards"][0]["generated"] == 33  # rows 0..32 of 100 in 3 shards
+    # a second run does nothing: done markers are honoured, no engine built
+    engines.clear()
+    run_shards(run.root, [0, 1, 2], engine_factory=factory)
+    assert engines == []
+
+
+def test_restart_skips_saved_rows_and_replaces_corrupt_parts(tmp_path, small_dataset, fake_model):
+    run = make_run(tmp_path, small_dataset, fake_model)
+    engine = FakeEngine(None, "")
+    run_shards(run.root, [0], engine_factory=lambda s, p: (setattr(engine, "spec", s), engine)[1])
+    # simulate a crash after some saves: drop the marker and a later part, corrupt another
+    run.done(0).unlink()
+    parts = run.list_parts()[0]
+    (run.parts_dir / parts[-1].name).unlink()
+    lost = parts[-1].rows
+    victim = run.parts_dir / parts[0].name
+    victim.write_bytes(victim.read_bytes()[:20])  # torn by hand
+    lost += parts[0].rows
+    second = FakeEngine(None, "")
+    run_shards(run.root, [0], engine_factory=lambda s, p: (setattr(second, "spec", s), second)[1])
+    assert len(second.added) == lost  # only the missing rows were generated again
+    assert any(".corrupt." in p.name for p in run.parts_dir.iterdir())
+    ids = sorted(i for p in run.list_parts()[0] for i in pq.read_table(run.parts_dir / p.name)["row_id"].to_pylist())
+    assert ids == list(range(33))
+
+
+def test_bad_rows_are_recorded_not_fatal(tmp_path, fake_model):
+    import pyarrow as pa
+
+    data = tmp_path / "d.parquet"
+    prompts = ["fine", None, "", [{"role": "wizard", "content": "x"}], [{"content": "no role"}], "also fine"]
+    pq.write_table(pa.table({"prompt": pa.array([p if isinstance(p, str) or p is None else str(p) for p in prompts])}),
+                   data)
+    run = make_run(tmp_path, data, fake_model, "sharding.num_shards=1")
+    eng = functools.partial(FakeEngine, fail_rows=(5,))
+    run_shards(run.root, [0], engine_factory=eng)
+    t = pq.read_table(run.parts_dir / run.list_parts()[0][0].name).sort_by("row_id").to_pylist()
+    errors = {r["row_id"]: r["gen_error"] for r in t}
+    assert errors[0] is None and len(t[0]["responses"]) == 2
+    assert "null" in errors[1] and "empty" in errors[2]
+    assert "rejected" in errors[5]
+    assert 0 in run.list_done()
+
+
+def test_normalize_messages():
+    assert normalize_messages("hi") == [{"role": "user", "content": "hi"}]
+    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    assert normalize_messages(msgs) == msgs
+    for bad in (None, "  ", [], [{"role": "x", "content": "y"}], [{"role": "user"}], [{"role": "user", "content": 3}], 5):
+        with pytest.raises(PromptError):
+            normalize_messages(bad)
+
+
+def test_row_seeds_are_spaced_by_n():
+    n = 4
+    seeds = [row_seed(7, r, n) for r in range(1000)]
+    children = {s + i for s in seeds for i in range(n)}
+    assert len(children) == 1000 * n  # sibling samples never share a seed
+    assert row_seed(7, 5, n) != row_seed(8, 5, n)
+
+
+def test_read_prompts_only_the_shard(tmp_path, small_dataset, fake_model):
+    import json
+
+    run = make_run(tmp_path, small_dataset, fake_model)
+    manifest = json.loads(run.manifest.read_text())
+    rows = list(read_prompts(manifest, 1))
+    s, e = manifest["shards"][1]
+    assert [r for r, _ in rows] == list(range(s, e))
+    full = pq.read_table(small_dataset, columns=["prompt"]).column(0).to_pylist()
+    assert [v for _, v in rows] == full[s:e]
