@@ -32,6 +32,7 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PACKAGES = ("slurm-wlm", "slurmdbd", "munge", "mariadb-server")
 GOOD = {"idle", "mix", "alloc", "comp"}  # sinfo %t of a responding, usable node
 DB_USER, DB_PASS, DB_NAME = "slurm", "hpcgen-dev", "slurm_acct_db"
+_Proc = subprocess.CompletedProcess[str]
 
 
 @dataclass(frozen=True)
@@ -90,13 +91,15 @@ def _env(s: Path) -> dict[str, str]:
             "SLURM_CONF": str(s / "etc" / "slurm.conf")}
 
 
-def _run(argv: list[str], s: Path, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess[str]:
+def _run(argv: list[str], s: Path, timeout: float = 60, check: bool = False) -> _Proc:
+    """Run a client command against this cluster; a timeout becomes exit code 124."""
     try:
         proc = subprocess.run(argv, env=_env(s), capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         proc = subprocess.CompletedProcess(argv, 124, "", f"timed out after {timeout}s")
     if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout}")
+        err = proc.stderr.strip() or proc.stdout
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {err}")
     return proc
 
 
@@ -104,8 +107,8 @@ def _wait(ok: Callable[[], object], timeout: float, what: str | Callable[[], str
     end = time.monotonic() + timeout
     while not ok():
         if time.monotonic() > end:
-            raise _fail(f"timed out after {timeout:.0f}s waiting for {what if isinstance(what, str) else what()}",
-                        *logs)
+            text = what if isinstance(what, str) else what()
+            raise _fail(f"timed out after {timeout:.0f}s waiting for {text}", *logs)
         time.sleep(0.5)
 
 
@@ -144,7 +147,8 @@ def _write_files(s: Path) -> bool:
         with os.fdopen(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400), "wb") as fh:
             fh.write(os.urandom(1024))
     p = _ports()
-    subs = {"state": str(s), "cluster": CLUSTER, "partition": PARTITION, "host": socket.gethostname().split(".")[0],
+    subs = {"state": str(s), "cluster": CLUSTER, "partition": PARTITION,
+            "host": socket.gethostname().split(".")[0],
             "munge_socket": str(s / "munge" / "munge.socket"), "ctld_port": p["ctld"], "dbd_port": p["dbd"],
             "n1_port": p["n1"], "n2_port": p["n2"], "mysql_port": p["mysql"],
             "db_user": DB_USER, "db_pass": DB_PASS, "db_name": DB_NAME}
@@ -162,8 +166,9 @@ def _daemons(s: Path) -> list[_Daemon]:
     p, conf, run, log, m = _ports(), str(s / "etc" / "slurm.conf"), s / "run", s / "log", s / "mysql"
     munge = s / "munge"
     mysqld = (
-        "setsid", "-f", _which("mariadbd", "mysqld") or "mariadbd", "--no-defaults", f"--datadir={m / 'data'}",
-        f"--socket={m / 'mysqld.sock'}", f"--port={p['mysql']}", "--bind-address=127.0.0.1", "--user=root",
+        "setsid", "-f", _which("mariadbd", "mysqld") or "mariadbd", "--no-defaults",
+        f"--datadir={m / 'data'}", f"--socket={m / 'mysqld.sock'}", f"--port={p['mysql']}",
+        "--bind-address=127.0.0.1", "--user=root",
         f"--pid-file={run / 'mysqld.pid'}", f"--log-error={log / 'mysqld.log'}", "--skip-name-resolve",
         "--innodb-buffer-pool-size=128M", "--innodb-lock-wait-timeout=900", "--innodb-use-native-aio=0")
     munged = ("munged", f"--socket={munge / 'munge.socket'}", f"--key-file={munge / 'munge.key'}",
@@ -173,7 +178,8 @@ def _daemons(s: Path) -> list[_Daemon]:
         _Daemon("munged", ("munged",), munged, run / "munged.pid", log / "munged.log"),
         _Daemon("mysqld", ("mariadbd", "mysqld"), mysqld, run / "mysqld.pid", log / "mysqld.log"),
         _Daemon("slurmdbd", ("slurmdbd",), ("slurmdbd",), run / "slurmdbd.pid", log / "slurmdbd.log"),
-        _Daemon("slurmctld", ("slurmctld",), ("slurmctld", "-f", conf), run / "slurmctld.pid", log / "slurmctld.log"),
+        _Daemon("slurmctld", ("slurmctld",), ("slurmctld", "-f", conf), run / "slurmctld.pid",
+                log / "slurmctld.log"),
     ] + [_Daemon(f"slurmd-{n}", ("slurmd",), ("slurmd", "-f", conf, "-N", n), run / f"slurmd-{n}.pid",
                  log / f"slurmd-{n}.log", n) for n in NODES]
 
@@ -249,9 +255,10 @@ def _start(d: _Daemon, s: Path) -> None:
 # ---------------------------------------------------------------- bring-up
 
 
-def _sql(s: Path, query: str) -> subprocess.CompletedProcess[str]:
+def _sql(s: Path, query: str) -> _Proc:
     client = _which("mariadb", "mysql") or "mysql"
-    return _run([client, "--no-defaults", f"--socket={s / 'mysql' / 'mysqld.sock'}", "-uroot", "-e", query], s)
+    sock = s / "mysql" / "mysqld.sock"
+    return _run([client, "--no-defaults", f"--socket={sock}", "-uroot", "-e", query], s)
 
 
 def _node_states(s: Path) -> dict[str, str]:
@@ -269,8 +276,8 @@ def _start_db(s: Path, d: _Daemon) -> None:
     if not (data / "mysql").is_dir():
         shutil.rmtree(data, ignore_errors=True)
         r = _run([_which("mariadb-install-db", "mysql_install_db") or "mariadb-install-db", "--no-defaults",
-                  f"--datadir={data}", "--user=root", "--skip-test-db", "--auth-root-authentication-method=socket"],
-                 s, timeout=300)
+                  f"--datadir={data}", "--user=root", "--skip-test-db",
+                  "--auth-root-authentication-method=socket"], s, timeout=300)
         if r.returncode != 0:
             raise RuntimeError(f"mariadb-install-db failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     _start(d, s)
@@ -352,9 +359,12 @@ def down(state_dir: Path | str | None = None) -> None:
         return
     with _locked(s):
         alive = _alive(s)
-        if "slurmctld" in alive and (jobs := _run(["squeue", "-h", "-o", "%A"], s, timeout=20).stdout.split()):
+        squeue = ["squeue", "-h", "-o", "%A"]
+        if "slurmctld" in alive and (jobs := _run(squeue, s, timeout=20).stdout.split()):
             _run(["scancel", *jobs], s, timeout=20)
-            _wait(lambda: not _run(["squeue", "-h", "-t", "R,CG", "-o", "%A"], s).stdout.strip(), 15, "scancel")
+            end = time.monotonic() + 15  # let slurmd end the job processes cleanly
+            while _run([*squeue, "-t", "R,CG"], s, timeout=20).stdout.strip() and time.monotonic() < end:
+                time.sleep(0.5)
         pids = set()
         for d in _daemons(s):  # pid files first ...
             try:

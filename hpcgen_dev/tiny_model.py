@@ -4,7 +4,7 @@ Everything is built offline and deterministically (same seed, same bytes):
 
 * ``config.json`` / ``generation_config.json``: a 2-layer ``Qwen2ForCausalLM`` (hidden 128, 2 heads of 64,
   tied embeddings);
-* ``model.safetensors``: float32 weights drawn from a seeded numpy generator;
+* ``model.safetensors``: bfloat16 weights drawn from a seeded numpy generator;
 * a fast byte-level BPE tokenizer (``tokenizer.json``) whose vocabulary is the 256 byte symbols plus a few
   merges learned deterministically from a fixed corpus, plus the ChatML special tokens, with a ChatML chat
   template in ``tokenizer_config.json``.
@@ -188,7 +188,7 @@ def model_config(vocab_size: int, special: dict[str, int]) -> dict[str, Any]:
 def make_weights(
     vocab_size: int, seed: int, *, n_real: int | None = None, eos_id: int | None = None, eos_boost: float = EOS_BOOST
 ) -> dict[str, np.ndarray]:
-    """Seeded float32 Qwen2 weights (names as in transformers / vLLM); lm_head is tied to the embedding.
+    """Seeded Qwen2 weights (names as in transformers / vLLM; stored as bf16); lm_head is tied to the embedding.
 
     Hidden coordinate 0 is a constant "bias" feature: every real token embeds it as ``+BIAS_FEATURE`` and no
     layer writes to it, so after the final norm it is always clearly positive.  The padding rows
@@ -231,6 +231,32 @@ def make_weights(
     return w
 
 
+def to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even (finite inputs)."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return rounded.astype(np.uint16)
+
+
+def write_bf16_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """A safetensors file of BF16 tensors (numpy has no bfloat16; the format is simple enough to write)."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    blobs: list[bytes] = []
+    offset = 0
+    for name in sorted(tensors):
+        blob = to_bf16_bits(tensors[name]).astype("<u2").tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(tensors[name].shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(head).to_bytes(8, "little"))
+        fh.write(head)
+        for blob in blobs:
+            fh.write(blob)
+
+
 def tokenizer_config(special: dict[str, int]) -> dict[str, Any]:
     return {
         "add_bos_token": False,
@@ -265,8 +291,6 @@ def _dump(path: Path, obj: Any) -> None:
 
 
 def _write_model(d: Path, seed: int) -> None:
-    from safetensors.numpy import save_file
-
     tok_json, vocab, merges = build_tokenizer_json()
     (d / "tokenizer.json").write_text(tok_json, encoding="utf-8")
     special = {t: vocab[t] for t in SPECIAL_TOKENS}
@@ -286,8 +310,7 @@ def _write_model(d: Path, seed: int) -> None:
         {"additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN},
     )
     weights = make_weights(vocab_size, seed, n_real=len(vocab), eos_id=special[EOS_TOKEN])
-    save_file(weights, str(d / "model.safetensors"), metadata={"format": "pt"})
-    os.chmod(d / "model.safetensors", 0o644)  # safetensors writes 0600; the model is read by other jobs
+    write_bf16_safetensors(d / "model.safetensors", weights)
 
 
 def _stamp_text(seed: int) -> str:

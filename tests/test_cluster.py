@@ -1,4 +1,4 @@
-"""The throwaway SLURM cluster really schedules: job arrays with sacct states, 2-node jobs, idempotent up()."""
+"""The throwaway SLURM cluster really schedules: arrays with sacct states, 2-node jobs, idempotent up()."""
 
 from __future__ import annotations
 
@@ -69,8 +69,8 @@ def test_job_array_states_via_sacct_and_results(cluster, tmp_path: Path) -> None
 
 
 def test_two_node_job_sees_both_nodes(cluster, tmp_path: Path) -> None:
-    out = subprocess.run(["srun", "-N2", "--ntasks-per-node=1", "-p", cluster.partition, "printenv", "SLURMD_NODENAME"],
-                         capture_output=True, text=True, timeout=120, check=True).stdout
+    cmd = ["srun", "-N2", "--ntasks-per-node=1", "-p", cluster.partition, "printenv", "SLURMD_NODENAME"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
     assert sorted(out.split()) == ["n1", "n2"]
     hosts = subprocess.run(["srun", "-N2", "--ntasks-per-node=1", "bash", "-c",
                             "scontrol show hostnames $SLURM_JOB_NODELIST"],
@@ -98,7 +98,7 @@ def test_up_is_idempotent_and_quick(cluster) -> None:
     procs = [argv for _, argv, env in cl._procs() if cl._is_ours(cluster.state_dir, env)
              and argv and os.path.basename(argv[0]) == "slurmd"]
     assert len(procs) == 2
-    assert cl._node_states(cluster.state_dir) == {"n1": "idle", "n2": "idle"} or cl._healthy(cluster.state_dir)
+    assert cl._healthy(cluster.state_dir), cl.status(cluster.state_dir)
 
 
 def test_up_restarts_a_dead_slurmd(cluster) -> None:
