@@ -175,3 +175,8 @@ def cancel_jobs(job_ids: list[str], executor: str) -> int:
     if res.returncode != 0 and "Invalid job id" not in res.stderr:
         raise SchedulerError(f"scancel failed: {res.stderr.strip().splitlines()[-1] if res.stderr else res.returncode}")
     return len(job_ids)
+
+
+def annotate_submission(layout: RunLayout, seq: int, **fields: Any) -> None:
+    path = layout.submission(seq)
+    atomic.write_json(path, {**atomic.read_json(path), **fields})

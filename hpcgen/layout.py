@@ -3,7 +3,7 @@
 ```
 RUN_DIR/
   manifest.json                  frozen plan: resolved job, dataset fingerprint, shard table, task groups
-  parts/s000003.p000012.n64.parquet   finished rows of shard 3, 12th save, 64 rows (atomic)
+  parts/s000003.p000012.n64.<tag>.parquet   shard 3, 12th save, 64 rows, by attempt <tag> (atomic)
   done/s000003.json              shard 3's done marker: rows, parts, checksums (written last)
   attempts/s000003.<job>.json    one per task start on a shard: job id, host, pid, time, error
   submissions/0001.json          one per submit/resume: job ids per shard
@@ -20,24 +20,28 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-_PART = re.compile(r"^s(\d{6})\.p(\d{6})\.n(\d+)\.parquet$")
+_PART = re.compile(r"^s(\d{6})\.p(\d{6})\.n(\d+)\.([A-Za-z0-9_-]+)\.parquet$")
 _ATTEMPT = re.compile(r"^s(\d{6})\.(.+)\.json$")
 
 
 @dataclass(frozen=True)
 class PartName:
+    """``s<shard>.p<seq>.n<rows>.<attempt>.parquet``: the attempt tag keeps two writers (a task that lost its
+    node but still runs, and its replacement) from ever replacing each other's files."""
+
     shard: int
     seq: int
     rows: int
+    tag: str
 
     @property
     def name(self) -> str:
-        return f"s{self.shard:06d}.p{self.seq:06d}.n{self.rows}.parquet"
+        return f"s{self.shard:06d}.p{self.seq:06d}.n{self.rows}.{self.tag}.parquet"
 
     @classmethod
     def parse(cls, name: str) -> PartName | None:
         m = _PART.match(name)
-        return cls(int(m[1]), int(m[2]), int(m[3])) if m else None
+        return cls(int(m[1]), int(m[2]), int(m[3]), m[4]) if m else None
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,6 @@ class RunLayout:
     def default_output(self) -> Path:
         return self.root / "merged.parquet"
 
-    def part(self, shard: int, seq: int, rows: int) -> Path:
-        return self.parts_dir / PartName(shard, seq, rows).name
-
     def done(self, shard: int) -> Path:
         return self.done_dir / f"s{shard:06d}.json"
 
@@ -109,7 +110,7 @@ class RunLayout:
                 if p is not None:
                     out.setdefault(p.shard, []).append(p)
         for parts in out.values():
-            parts.sort(key=lambda p: p.seq)
+            parts.sort(key=lambda p: (p.seq, p.tag))
         return out
 
     def list_done(self) -> set[int]:

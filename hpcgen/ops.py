@@ -14,7 +14,7 @@ from typing import Any
 from hpcgen import atomic
 from hpcgen.config import load_job
 from hpcgen.errors import RunDirError, ShardFailedError, UserError
-from hpcgen.launch import Submission, cancel_jobs, dry_run_text, submit_groups
+from hpcgen.launch import Submission, annotate_submission, cancel_jobs, dry_run_text, submit_groups
 from hpcgen.layout import RunLayout
 from hpcgen.merge import compact_ranges, verify_done
 from hpcgen.plan import (
@@ -52,7 +52,19 @@ def submit(job_file: Path, overrides: list[str], *, run_dir: Path | None = None,
     layout = create_run_dir(layout.root, plan.manifest)
     sub = submit_groups(layout, plan.spec, plan.tasks, executor=executor, kind="submit",
                         extra={"rows_done_at_submit": 0})
+    attach_chain(layout, plan.spec, sub)
     return SubmitResult(plan, layout, sub)
+
+
+def attach_chain(layout: RunLayout, spec: Any, sub: Submission, previous: str | None = None) -> None:
+    """``score.after_merge``: queue merge+score after this submission's arrays (replacing an older step)."""
+    if not spec.score.after_merge or sub.executor != "slurm":
+        return
+    from hpcgen.chain import submit_chain
+
+    if previous:
+        cancel_jobs([previous], "slurm")
+    annotate_submission(layout, sub.seq, chain_job=submit_chain(layout, spec, sub.arrays))
 
 
 def check_unchanged(manifest: dict[str, Any]) -> None:
@@ -109,6 +121,7 @@ def resume(run_dir: Path, *, executor: str | None = None) -> tuple[Submission | 
         groups = [[sorted(todo)[i] for i in g] for g in task_groups(len(todo), spec.sharding.shards_per_task)]
         sub = submit_groups(layout, spec, groups, executor=executor or last_exec or "slurm", kind="resume",
                             extra={"rows_done_at_submit": state.rows_done})
+        attach_chain(layout, spec, sub, previous=state.chain.get("job_id") if state.chain else None)
         return sub, state, bad
 
 

@@ -47,6 +47,7 @@ class RunState:
     eta_seconds: float | None = None
     executor: str | None = None
     sacct_calls: int = 0
+    chain: dict[str, Any] | None = None  # the merge+score step, when the job asked for one
 
     def shards_in(self, *states: str) -> list[int]:
         return [s.id for s in self.shards if s.state in states]
@@ -153,6 +154,9 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
     attempts = layout.list_attempts()
     jobs, last_sub, executor = latest_jobs(layout)
     open_jobs = [jobs[i] for i in range(len(shards)) if i not in done and i in jobs]
+    chain_job = (last_sub or {}).get("chain_job")
+    if chain_job and not layout.scores.exists():
+        open_jobs.append(chain_job)
     states: dict[str, str] | None = None
     calls = 0
     if query_scheduler and open_jobs and executor == "slurm":
@@ -178,6 +182,9 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
                   executor=executor, sacct_calls=calls)
     for s in out:
         rs.counts[s.state] = rs.counts.get(s.state, 0) + 1
+    if chain_job:
+        st = "done" if layout.scores.exists() else _open_state(chain_job, executor, states, -1, ["?"])
+        rs.chain = {"job_id": chain_job, "state": st, "scores": str(layout.scores) if st == "done" else None}
     _rate(rs, last_sub)
     return rs
 

@@ -6,12 +6,16 @@ Runs inside a SLURM task (or submitit's local executor). Holds at most one shard
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
+import re
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -144,8 +148,9 @@ def write_done(layout: RunLayout, shard: int, parts: list[PartName], errors: int
 class PartWriter:
     """Buffers finished rows of one shard and saves them as atomic part files."""
 
-    def __init__(self, layout: RunLayout, shard: int, next_seq: int, every_rows: int, every_seconds: float):
-        self.layout, self.shard, self.seq = layout, shard, next_seq
+    def __init__(self, layout: RunLayout, shard: int, next_seq: int, every_rows: int, every_seconds: float,
+                 tag: str = "a0"):
+        self.layout, self.shard, self.seq, self.tag = layout, shard, next_seq, tag
         self.every_rows, self.every_seconds = every_rows, every_seconds
         self.rows: list[dict[str, Any]] = []
         self.parts: list[PartName] = []
@@ -170,7 +175,7 @@ class PartWriter:
         try:
             rows = sorted(self.rows, key=lambda r: r["row_id"])
             table = pa.Table.from_pylist(rows, schema=PART_SCHEMA)
-            name = PartName(self.shard, self.seq, len(rows))
+            name = PartName(self.shard, self.seq, len(rows), self.tag)
             atomic.write_with(self.layout.parts_dir / name.name, lambda p: pq.write_table(table, p))
             self.parts.append(name)
             self.seq += 1
@@ -234,6 +239,12 @@ class ShardTask(submitit.helpers.Checkpointable):
                  engine_factory: Callable[[JobSpec, str], Any] | None = None) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        spec = spec_from_manifest(load_manifest(Path(run_dir)))
+        if spec.multi_node:  # every node of the job runs this; the head processes the shards
+            from hpcgen.multinode import run_multinode
+
+            return run_multinode(Path(run_dir), shard_ids, spec, functools.partial(
+                run_shards, Path(run_dir), shard_ids, task=self))
         return run_shards(Path(run_dir), shard_ids, task=self, engine_factory=engine_factory)
 
     def checkpoint(self, run_dir: str, shard_ids: list[int], *args: Any) -> Any:
@@ -248,8 +259,26 @@ class ShardTask(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(ShardTask(), run_dir, shard_ids)
 
 
+class Terminated(BaseException):
+    """SIGTERM (scancel, preemption, ``scontrol requeue``): finished rows were saved before leaving."""
+
+
+def _save_on_sigterm(task: ShardTask | None) -> None:
+    """Replace submitit's SIGTERM bypass: save finished rows, then leave (SLURM sends SIGKILL soon after)."""
+    if task is None or threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if task._writer is not None:
+            task._writer.flush()
+        raise Terminated("received SIGTERM (cancelled, preempted or requeued); finished rows were saved")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = None,
                engine_factory: Callable[[JobSpec, str], Any] | None = None) -> dict[str, Any]:
+    _save_on_sigterm(task)
     layout = RunLayout(run_dir)
     manifest = load_manifest(run_dir)
     spec = spec_from_manifest(manifest)
@@ -270,7 +299,8 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
         try:
             parts, saved = valid_parts(layout, shard, layout.list_parts().get(shard, []), (start, end))
             next_seq = max((p.seq for p in parts), default=-1) + 1
-            writer = PartWriter(layout, shard, next_seq, spec.checkpoint.every_rows, spec.checkpoint.every_seconds)
+            writer = PartWriter(layout, shard, next_seq, spec.checkpoint.every_rows, spec.checkpoint.every_seconds,
+                                tag=re.sub(r"[^A-Za-z0-9_-]", "-", jid))
             if task is not None:
                 task._writer = writer
             todo = ((r, v) for r, v in read_prompts(manifest, shard) if r not in saved)

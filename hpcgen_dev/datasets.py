@@ -159,7 +159,11 @@ def m_linear(rng: random.Random, names: list[str], items: list[str]) -> Problem:
 def m_lcm(rng: random.Random, names: list[str], items: list[str]) -> Problem:
     a, b = rng.randint(2, 60), rng.randint(2, 60)
     gt = str(a * b // math.gcd(a, b))
-    return f"What is the least common multiple of ${a}$ and ${b}$?", gt, _boxed(gt, "Divide the product by the gcd.")
+    return (
+        f"What is the least common multiple of ${a}$ and ${b}$?",
+        gt,
+        _boxed(gt, "Divide the product by the gcd."),
+    )
 
 
 def m_arith(rng: random.Random, names: list[str], items: list[str]) -> Problem:
@@ -213,7 +217,9 @@ def _filler(rng: random.Random, n_chars: int) -> str:
     return " ".join(parts)
 
 
-def make_row(index: int, *, style: str = "mixed", seed: int = 0, variety: bool = False, overlong: bool = False) -> dict[str, Any]:
+def make_row(
+    index: int, *, style: str = "mixed", seed: int = 0, variety: bool = False, overlong: bool = False
+) -> dict[str, Any]:
     """Row ``index`` of the dataset (a plain dict in the verl schema)."""
     kind = row_style(style, index)
     rng = random.Random(f"hpcgen-dataset:{seed}:{index}")
@@ -277,14 +283,22 @@ def arrow_schema(variety: bool = False) -> Any:
         extra += [pa.field("question", pa.string()), pa.field("answer", pa.string())]
     fields = [
         pa.field("data_source", pa.string()),
-        pa.field("prompt", pa.list_(pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())]))),
+        pa.field(
+            "prompt", pa.list_(pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())]))
+        ),
         pa.field("ability", pa.string()),
-        pa.field("reward_model", pa.struct([pa.field("style", pa.string()), pa.field("ground_truth", pa.string())])),
+        pa.field(
+            "reward_model", pa.struct([pa.field("style", pa.string()), pa.field("ground_truth", pa.string())])
+        ),
         pa.field("extra_info", pa.struct(extra)),
     ]
     if variety:
         level = pa.struct([pa.field("level", pa.int64())])
-        fields.append(pa.field("meta", pa.struct([pa.field("tags", pa.list_(pa.string())), pa.field("difficulty", level)])))
+        fields.append(
+            pa.field(
+                "meta", pa.struct([pa.field("tags", pa.list_(pa.string())), pa.field("difficulty", level)])
+            )
+        )
     return pa.schema(fields)
 
 
@@ -326,8 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, required=True)
     ap.add_argument("--style", choices=STYLES, default="mixed")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--variety", action="store_true", help="system prompts, multi-turn, non-ASCII, extra columns")
-    ap.add_argument("--overlong", type=int, nargs="*", default=[], metavar="I", help="row indices made ~20k chars")
+    ap.add_argument(
+        "--variety", action="store_true", help="system prompts, multi-turn, non-ASCII, extra columns"
+    )
+    ap.add_argument(
+        "--overlong", type=int, nargs="*", default=[], metavar="I", help="row indices made ~20k chars"
+    )
     ap.add_argument("--row-group-size", type=int, default=None)
     args = ap.parse_args(argv)
     out = make_dataset(

@@ -34,9 +34,7 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|endoftext|>"
 NUM_MERGES = 256
-QWEN2_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+QWEN2_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 HIDDEN = 128
 INTERMEDIATE = 256
@@ -186,7 +184,12 @@ def model_config(vocab_size: int, special: dict[str, int]) -> dict[str, Any]:
 
 
 def make_weights(
-    vocab_size: int, seed: int, *, n_real: int | None = None, eos_id: int | None = None, eos_boost: float = EOS_BOOST
+    vocab_size: int,
+    seed: int,
+    *,
+    n_real: int | None = None,
+    eos_id: int | None = None,
+    eos_boost: float = EOS_BOOST,
 ) -> dict[str, np.ndarray]:
     """Seeded Qwen2 weights (names as in transformers / vLLM; stored as bf16); lm_head is tied to the embedding.
 
@@ -245,7 +248,11 @@ def write_bf16_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
     offset = 0
     for name in sorted(tensors):
         blob = to_bf16_bits(tensors[name]).astype("<u2").tobytes()
-        header[name] = {"dtype": "BF16", "shape": list(tensors[name].shape), "data_offsets": [offset, offset + len(blob)]}
+        header[name] = {
+            "dtype": "BF16",
+            "shape": list(tensors[name].shape),
+            "data_offsets": [offset, offset + len(blob)],
+        }
         blobs.append(blob)
         offset += len(blob)
     head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
@@ -302,19 +309,29 @@ def _write_model(d: Path, seed: int) -> None:
     _dump(d / "config.json", model_config(vocab_size, special))
     _dump(
         d / "generation_config.json",
-        {"bos_token_id": special[PAD_TOKEN], "eos_token_id": special[EOS_TOKEN], "pad_token_id": special[PAD_TOKEN]},
+        {
+            "bos_token_id": special[PAD_TOKEN],
+            "eos_token_id": special[EOS_TOKEN],
+            "pad_token_id": special[PAD_TOKEN],
+        },
     )
     _dump(d / "tokenizer_config.json", tokenizer_config(special))
     _dump(
         d / "special_tokens_map.json",
-        {"additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN},
+        {
+            "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+            "eos_token": EOS_TOKEN,
+            "pad_token": PAD_TOKEN,
+        },
     )
     weights = make_weights(vocab_size, seed, n_real=len(vocab), eos_id=special[EOS_TOKEN])
     write_bf16_safetensors(d / "model.safetensors", weights)
 
 
 def _stamp_text(seed: int) -> str:
-    return json.dumps({"builder": "hpcgen-tiny-model", "version": BUILDER_VERSION, "seed": seed}, sort_keys=True)
+    return json.dumps(
+        {"builder": "hpcgen-tiny-model", "version": BUILDER_VERSION, "seed": seed}, sort_keys=True
+    )
 
 
 def is_complete(out_dir: Path, *, seed: int = 0) -> bool:

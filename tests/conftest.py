@@ -58,3 +58,15 @@ def small_dataset(tmp_path_factory) -> Path:
     from hpcgen_dev.datasets import make_dataset
 
     return make_dataset(tmp_path_factory.mktemp("data") / "prompts.parquet", 100, variety=True, row_group_size=16)
+
+
+@pytest.fixture
+def fake_model(tmp_path: Path) -> Path:
+    """A model directory that passes the login-node checks (config + tokenizer), for stand-in engines."""
+    m = tmp_path / "model"
+    m.mkdir()
+    (m / "config.json").write_text("{}")
+    (m / "tokenizer.json").write_text("{}")
+    return m
+
+

@@ -78,3 +78,15 @@ class FakeEngine:
         n = self.spec.data.n_samples
         done, self.queue = self.queue[: self.per_step], self.queue[self.per_step:]
         return [Finished(r, [f"row {r} sample {i}" for i in range(n)], ["stop"] * n, [3] * n, 5) for r in done]
+
+
+def make_run(tmp_path: Path, dataset: Path, model: Path, *overrides: str) -> Any:
+    """A planned run directory (no jobs queued) for fast worker/merge tests."""
+    from hpcgen.config import load_job
+    from hpcgen.plan import create_run_dir, make_plan
+
+    data = {"data": {"path": str(dataset), "n_samples": 2}, "model": {"path": str(model)},
+            "sharding": {"num_shards": 3}, "checkpoint": {"every_rows": 4}}
+    spec = load_job(None, list(overrides), data=data)
+    plan = make_plan(spec, job_file=None, overrides=list(overrides))
+    return create_run_dir(tmp_path / "run", plan.manifest)

@@ -98,7 +98,9 @@ def test_tokenizer_fast_and_chat_template(model_dir: Path) -> None:
         "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
         f"<|im_start|>assistant\n4<|im_end|>\n<|im_start|>user\n{NON_ASCII}<|im_end|>\n<|im_start|>assistant\n"
     )
-    assert not tok.apply_chat_template(messages, add_generation_prompt=False, tokenize=False).endswith("assistant\n")
+    assert not tok.apply_chat_template(messages, add_generation_prompt=False, tokenize=False).endswith(
+        "assistant\n"
+    )
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert ids[0] == tok.convert_tokens_to_ids("<|im_start|>")  # special tokens are single ids
     assert ids.count(tok.convert_tokens_to_ids("<|im_end|>")) == 4
@@ -109,7 +111,9 @@ def test_tokenizer_fast_and_chat_template(model_dir: Path) -> None:
         assert raw.encode(s, add_special_tokens=False).ids == tok(s, add_special_tokens=False)["input_ids"]
 
 
-@pytest.mark.parametrize("text", [NON_ASCII, "é", "中文", "🎉", "Let's think step by step \\boxed{\\frac{3}{4}}"])
+@pytest.mark.parametrize(
+    "text", [NON_ASCII, "é", "中文", "🎉", "Let's think step by step \\boxed{\\frac{3}{4}}"]
+)
 def test_tokenizer_round_trip(model_dir: Path, text: str) -> None:
     from transformers import AutoTokenizer
 

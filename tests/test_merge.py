@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import FakeEngine
-from test_worker import fake_model, make_run  # noqa: F401 - fixture re-used
+from helpers import FakeEngine, make_run
 
 from hpcgen import atomic
 from hpcgen.errors import IncompleteRunError, LockedError, RunDirError

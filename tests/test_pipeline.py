@@ -30,7 +30,7 @@ def slurm_run(cluster, tiny_model, e2e_data, tmp_path_factory) -> dict:
     """One array run: 4 shards, 2 per task (2 tasks), n_samples=2; status polled while it runs."""
     work = tmp_path_factory.mktemp("slurm-run")
     job = write_job(work / "job.yaml", data=e2e_data, model=tiny_model,
-                    sharding={"num_shards": 4, "shards_per_task": 2})
+                    sharding={"num_shards": 4, "shards_per_task": 2}, score={"after_merge": True})
     run_dir = work / "run"
     res = hpcgen("submit", str(job), "--run-dir", str(run_dir))
     assert res.returncode == 0, res.stderr
@@ -40,10 +40,29 @@ def slurm_run(cluster, tiny_model, e2e_data, tmp_path_factory) -> dict:
     while time.time() < deadline:
         st = status_json(run_dir)
         seen.append(st)
-        if all(s["state"] in ("done", "failed", "cancelled") for s in st["shards"]):
+        if all(s["state"] in ("done", "failed", "cancelled") for s in st["shards"]) and (
+                st["chain"] and st["chain"]["state"] in ("done", "failed", "cancelled")):
             break
         time.sleep(3)
     return {"run_dir": run_dir, "job": job, "seen": seen, "work": work}
+
+
+def test_merge_and_score_chained_after_the_array(slurm_run):
+    """score.after_merge: a dependent job (afterok) merges and scores; status shows that step."""
+    last = slurm_run["seen"][-1]
+    assert last["chain"]["state"] == "done", last["chain"]
+    sub = json.loads((slurm_run["run_dir"] / "submissions" / "0001.json").read_text())
+    assert sub["chain_job"] == last["chain"]["job_id"]
+    deps = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobName,State", "-j", sub["chain_job"]],
+                          capture_output=True, text=True).stdout
+    assert "hpcgen-merge|COMPLETED" in deps
+    scores = json.loads((slurm_run["run_dir"] / "scores.json").read_text())
+    assert scores["overall"]["rows"] == 100 and scores["overall"]["errors"] == 1
+    assert {"mean", "pass@1", "pass@2", "maj@2"} <= set(scores["overall"])
+    assert set(scores["by_data_source"]) == {"openai/gsm8k", "DigitalLearningGmbH/MATH-lighteval"}
+    res = hpcgen("score", str(slurm_run["run_dir"]), "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["overall"] == scores["overall"]
 
 
 def test_status_json_while_running_and_after(slurm_run):

@@ -18,9 +18,9 @@ import pytest
 pytestmark = pytest.mark.vllm
 
 MARK = "@@HPCGEN-JSON@@"
-N_PROMPTS = 6
+N_PROMPTS = 8
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, os, sys, time
 
 
@@ -84,7 +84,26 @@ def main():
             "finished": {rid: completions(o) for rid, o in finished.items()},
         }
 
+    # Prompt-length limits: too long fails at add_request (VLLMValidationError, not a ValueError); a prompt
+    # that fits but leaves fewer than max_tokens positions is cut at max_model_len with finish "length".
+    limits = {}
+    long_row = make_rows(1, style="gsm8k", seed=0, overlong_rows=[0])[0]
+    long_ids = tok.apply_chat_template(long_row["prompt"], add_generation_prompt=True, tokenize=False)
+    long_ids = tok.encode(long_ids, add_special_tokens=False)
+    try:
+        eng.add_request("too-long", {"prompt_token_ids": long_ids}, params(1, n=3))
+    except Exception as exc:  # noqa: BLE001 - reported
+        limits["error_type"] = f"{type(exc).__module__}.{type(exc).__name__}"
+        limits["error_is_value_error"] = isinstance(exc, ValueError)
+        limits["error"] = str(exc)
+    limits["long_prompt_tokens"] = len(long_ids)
+    limits["unfinished_after_error"] = eng.has_unfinished_requests()
+    near = long_ids[: 2048 - 5]
+    (out,) = llm.generate([{"prompt_token_ids": near}], [params(7, n=2)], use_tqdm=False)
+    limits["near_limit"] = completions(out)
+
     result = {
+        "limits": limits,
         "start_s": start_s,
         "gen_s": gen_s,
         "prompt_token_ids": [list(o.prompt_token_ids) for o in run_a],
@@ -101,7 +120,7 @@ def main():
 
 if __name__ == "__main__":
     main()
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +138,9 @@ def vllm_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         timeout=600,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
-    assert proc.returncode == 0 and lines, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0 and lines, (
+        f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    )
     return json.loads(lines[-1][len(MARK) :])
 
 
@@ -133,10 +154,12 @@ def test_n3_outputs_with_token_ids(vllm_run: dict[str, Any]) -> None:
         for o in outs:
             assert 1 <= len(o["token_ids"]) <= 16
             assert o["finish_reason"] in ("stop", "length")
-            assert (o["finish_reason"] == "length") == (len(o["token_ids"]) == 16)
             assert all(0 <= t < vllm_run["vocab_len"] for t in o["token_ids"])
-            if o["finish_reason"] == "stop":
+            if o["finish_reason"] == "stop":  # eos is the last token id (even at the 16th), not in the text
                 assert o["token_ids"][-1] == vllm_run["eos_token_id"]
+                assert vllm_run["eos_token_id"] not in o["token_ids"][:-1]
+            else:
+                assert len(o["token_ids"]) == 16
             reasons.add(o["finish_reason"])
     assert reasons == {"stop", "length"}  # the tiny model is tuned to stop now and then
     # n samples of one prompt differ from each other.
@@ -167,3 +190,14 @@ def test_continuous_feeding(vllm_run: dict[str, Any]) -> None:
     assert all(len(e[3]) == 1 for e in cumulative["events"])
     for rid, outs in cumulative["finished"].items():
         assert len(outs) == 1 and outs[0] in expected[rid]
+
+
+def test_prompt_length_limits(vllm_run: dict[str, Any]) -> None:
+    limits = vllm_run["limits"]
+    assert limits["long_prompt_tokens"] > 2048
+    assert limits["error_type"] == "vllm.exceptions.VLLMValidationError"
+    assert "maximum context length is 2048" in limits["error"]
+    assert not limits["unfinished_after_error"]
+    for o in limits["near_limit"]:  # 2043 prompt tokens + at most 5 generated = max_model_len
+        assert len(o["token_ids"]) <= 5
+        assert o["finish_reason"] in ("length", "stop")

@@ -3,34 +3,13 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import FakeEngine
+from helpers import FakeEngine, make_run
 
-from hpcgen.config import load_job
-from hpcgen.engine import normalize_messages, PromptError, row_seed
-from hpcgen.layout import RunLayout
-from hpcgen.plan import create_run_dir, make_plan
+from hpcgen.engine import PromptError, normalize_messages, row_seed
 from hpcgen.worker import read_prompts, run_shards
-
-
-def make_run(tmp_path: Path, dataset: Path, model: Path, *overrides: str) -> RunLayout:
-    data = {"data": {"path": str(dataset), "n_samples": 2}, "model": {"path": str(model)},
-            "sharding": {"num_shards": 3}, "checkpoint": {"every_rows": 4}}
-    spec = load_job(None, list(overrides), data=data)
-    plan = make_plan(spec, job_file=None, overrides=list(overrides))
-    return create_run_dir(tmp_path / "run", plan.manifest)
-
-
-@pytest.fixture
-def fake_model(tmp_path: Path) -> Path:
-    m = tmp_path / "model"
-    m.mkdir()
-    (m / "config.json").write_text("{}")
-    (m / "tokenizer.json").write_text("{}")
-    return m
 
 
 def test_shards_saved_in_parts_then_marked_done(tmp_path, small_dataset, fake_model):

@@ -1,0 +1,50 @@
+"""Merge + score as a dependent SLURM job after the array succeeds (``score.after_merge: true``).
+
+The step is a small CPU-only job with ``--dependency=afterok:<arrays>``; ``status`` shows it and ``resume``
+re-attaches it to the new array. Its result is the files it writes (merged output, scores.json).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hpcgen.layout import RunLayout
+
+log = logging.getLogger("hpcgen.chain")
+
+
+def merge_and_score(run_dir: str) -> dict[str, Any]:
+    """Runs inside the dependent job."""
+    from hpcgen.merge import merge_run
+    from hpcgen.plan import load_manifest
+    from hpcgen.score import score_file, write_report
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    layout = RunLayout(Path(run_dir))
+    res = merge_run(layout.root)
+    settings = load_manifest(layout.root)["job"].get("score", {})
+    custom = settings.get("custom_path")
+    report = score_file(Path(res.output), custom_path=Path(custom) if custom else None,
+                        custom_name=settings.get("custom_name") or "compute_score")
+    write_report(report, layout.scores)
+    log.info("merged %d rows into %s; scores in %s", res.rows, res.output, layout.scores)
+    return {"output": res.output, "scores": str(layout.scores), "overall": report["overall"]}
+
+
+def submit_chain(layout: RunLayout, spec: Any, arrays: list[str]) -> str:
+    """Queue the merge+score step after every array of this submission succeeds; returns its job id."""
+    import submitit
+
+
+    ex = submitit.SlurmExecutor(folder=str(layout.logs_dir / "%j"), python=spec.slurm.python or sys.executable)
+    params: dict[str, Any] = {"job_name": f"{spec.slurm.job_name}-merge", "time": 60,
+                              "nodes": 1, "ntasks_per_node": 1, "cpus_per_task": 1,
+                              "dependency": "afterok:" + ":".join(arrays), "setup": list(spec.slurm.setup)}
+    for key in ("partition", "account", "qos"):
+        if getattr(spec.slurm, key):
+            params[key] = getattr(spec.slurm, key)
+    ex.update_parameters(**params)
+    return str(ex.submit(merge_and_score, str(layout.root)).job_id)
