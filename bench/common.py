@@ -99,6 +99,21 @@ def emit_child(data: dict[str, Any]) -> None:
     print("CHILD " + json.dumps(data), flush=True)
 
 
+def tree_cpu() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its live descendants (vLLM's engine processes)."""
+    import psutil
+
+    me = psutil.Process()
+    own = sum(me.cpu_times()[:2])
+    kids = 0.0
+    for c in me.children(recursive=True):
+        try:
+            kids += sum(c.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return own, kids
+
+
 def make_shim(shim_dir: Path, name: str) -> Path:
     """A ``name`` script for PATH that logs each call (args, stdout) to ``shim_dir/name.log``, then runs the
     real command found on the current PATH and passes its output and exit code through."""

@@ -211,7 +211,7 @@ def generate_shard(engine: Any, prompts: Iterator[tuple[int, Any]], writer: Part
                 ids, truncated = engine.encode(value)
                 engine.add(row_id, ids)
                 inflight[row_id] = truncated
-            except (PromptError, ValueError, TypeError) as exc:
+            except PromptError as exc:
                 writer.add(error_row(row_id, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
         if not inflight:
             break

@@ -4,19 +4,24 @@ Everything is built offline and deterministically (same seed, same bytes):
 
 * ``config.json`` / ``generation_config.json``: a 2-layer ``Qwen2ForCausalLM`` (hidden 128, 2 heads of 64,
   tied embeddings);
-* ``model.safetensors``: bfloat16 weights drawn from a seeded numpy generator;
-* a fast byte-level BPE tokenizer (``tokenizer.json``) whose vocabulary is the 256 byte symbols plus a few
-  merges learned deterministically from a fixed corpus, plus the ChatML special tokens, with a ChatML chat
-  template in ``tokenizer_config.json``.
+* ``model.safetensors``: bfloat16 weights drawn from a seeded numpy generator, shaped so that the padded
+  vocabulary ids are never sampled and ``<|im_end|>`` (eos) is sampled now and then (some samples ``stop``,
+  most hit ``length``);
+* a fast byte-level BPE tokenizer (``tokenizer.json``, plus ``vocab.json``/``merges.txt``) with Qwen2's
+  normalizer and pre-tokenizer, whose vocabulary is the 256 byte symbols plus 256 merges learned
+  deterministically from a fixed corpus, plus the ChatML special tokens; a ChatML chat template in
+  ``tokenizer_config.json``.  transformers loads it as a fast ``Qwen2Tokenizer`` with the same ids.
 
 ``build_tiny_model(out_dir)`` is idempotent: a stamp file written last marks a complete build of this builder
-version.  CLI: ``python -m hpcgen_dev.tiny_model OUT_DIR [--seed N] [--force]``.
+(its version and a hash of this file's source, so an edited builder rebuilds).
+CLI: ``python -m hpcgen_dev.tiny_model OUT_DIR [--seed N] [--force]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import json
 import os
 import shutil
@@ -147,7 +152,10 @@ def build_tokenizer_json() -> tuple[str, dict[str, int], list[tuple[str, str]]]:
     tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     for t in SPECIAL_TOKENS:
-        vocab[t] = tok.token_to_id(t)
+        tid = tok.token_to_id(t)
+        if tid is None:
+            raise RuntimeError(f"special token {t} was not added")
+        vocab[t] = tid
     return tok.to_str(pretty=True), vocab, merges
 
 
@@ -328,10 +336,19 @@ def _write_model(d: Path, seed: int) -> None:
     write_bf16_safetensors(d / "model.safetensors", weights)
 
 
+def _source_digest() -> str:
+    """Hash of this builder's source: an edited builder never reuses an older build by mistake."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
 def _stamp_text(seed: int) -> str:
-    return json.dumps(
-        {"builder": "hpcgen-tiny-model", "version": BUILDER_VERSION, "seed": seed}, sort_keys=True
-    )
+    stamp = {
+        "builder": "hpcgen-tiny-model",
+        "version": BUILDER_VERSION,
+        "source": _source_digest(),
+        "seed": seed,
+    }
+    return json.dumps(stamp, sort_keys=True)
 
 
 def is_complete(out_dir: Path, *, seed: int = 0) -> bool:

@@ -64,8 +64,10 @@ class FakeEngine:
         return ids, False
 
     def add(self, row_id: int, ids: list[int]) -> None:
+        from hpcgen.engine import PromptError
+
         if row_id in self.fail_rows:
-            raise ValueError(f"row {row_id} rejected by the engine")
+            raise PromptError(f"row {row_id} rejected by the engine")
         self.queue.append(row_id)
         self.added.append(row_id)
 

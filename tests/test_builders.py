@@ -112,7 +112,9 @@ def test_tokenizer_fast_and_chat_template(model_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", [NON_ASCII, "é", "中文", "🎉", "Let's think step by step \\boxed{\\frac{3}{4}}"]
+    "text",
+    [NON_ASCII, "é", "中文", "🎉", "Let's think step by step \\boxed{\\frac{3}{4}}"],
+    ids=["mixed", "accent", "cjk", "emoji", "latex"],
 )
 def test_tokenizer_round_trip(model_dir: Path, text: str) -> None:
     from transformers import AutoTokenizer

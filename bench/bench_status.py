@@ -1,0 +1,153 @@
+"""Status at scale: a 10,000-shard run directory (half done, a quarter with partial parts, a quarter with
+nothing) whose submission record points at real, held-then-cancelled arrays on the throwaway cluster, so
+``collect`` really asks sacct.
+
+Figures: seconds for ``hpcgen.state.collect`` and for ``hpcgen status RUN --json`` (goal < 1 s each), and
+sacct calls per status (goal <= 1, counted by a PATH shim).
+
+Part files are hard links to one tiny real part (PART_SCHEMA): status lists names, it never reads parts.
+
+    python bench/bench_status.py [--shards 10000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+B = "status"
+JOB_NAME = "hpcgen-bench-status"
+
+
+def child(run_dir: Path) -> None:
+    from hpcgen.plan import load_manifest
+    from hpcgen.state import collect
+
+    t0 = time.perf_counter()
+    manifest = load_manifest(run_dir)
+    t1 = time.perf_counter()
+    state = collect(run_dir, manifest)
+    t2 = time.perf_counter()
+    common.emit_child({"manifest_s": t1 - t0, "collect_s": t2 - t1, "counts": state.counts,
+                       "sacct_calls": state.sacct_calls})
+
+
+def held_arrays(n_shards: int, max_array: int, log_dir: Path) -> list[str]:
+    """Queue held arrays covering n_shards tasks, cancel them at once; returns their ids."""
+    arrays: list[str] = []
+    try:
+        for lo in range(0, n_shards, max_array):
+            n = min(max_array, n_shards - lo)
+            out = subprocess.run(["sbatch", "--hold", f"--array=0-{n - 1}", "-p", "gpu", "-J", JOB_NAME, "-t", "1",
+                                  "-o", str(log_dir / "%A_%a.out"), "--wrap", "true"],
+                                 capture_output=True, text=True, check=True).stdout
+            arrays.append(re.search(r"job (\d+)", out)[1])
+    finally:
+        common.scancel(arrays)
+    return arrays
+
+
+def build_run(root: Path, shards: int) -> tuple[Path, list[str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hpcgen import atomic
+    from hpcgen.config import load_job
+    from hpcgen.launch import Submission, max_array_size
+    from hpcgen.plan import create_run_dir, make_plan
+    from hpcgen.worker import PART_SCHEMA
+
+    data = {"defaults": ["model/tiny", "cluster/dev"],
+            "data": {"path": str(common.big_prompt_parquet()), "n_samples": 4},
+            "model": {"path": str(common.tiny_model())}, "sharding": {"num_shards": shards}}
+    plan = make_plan(load_job(None, [], data=data), job_file=None, overrides=[])
+    layout = create_run_dir(root / "run", plan.manifest)
+    arrays = held_arrays(shards, max_array_size(), root)
+    chunk = max_array_size()
+    jobs = {s: f"{arrays[s // chunk]}_{s % chunk}" for s in range(shards)}
+    sub = Submission(1, "submit", "slurm", jobs, arrays, len(arrays), time.time() - 3600)
+    atomic.write_json(layout.submission(1), {**sub.to_dict(), "rows_done_at_submit": 0})
+
+    proto = root / "proto.parquet"
+    row = {"row_id": 0, "responses": ["x"] * 4, "finish_reasons": ["stop"] * 4, "response_tokens": [1] * 4,
+           "prompt_tokens": 3, "prompt_truncated": False, "gen_error": None}
+    pq.write_table(pa.Table.from_pylist([row], schema=PART_SCHEMA), proto)
+    done_n, partial_n = shards // 2, shards // 4
+    for s in range(done_n + partial_n):
+        start, end = plan.shards[s]
+        jid = jobs[s] + ".r0"
+        names = [layout.part(s, 0, end - start)] if s < done_n else [layout.part(s, 0, (end - start) // 3),
+                                                                      layout.part(s, 1, (end - start) // 3)]
+        for p in names:
+            os.link(proto, p)
+        layout.attempt(s, jid).write_text(json.dumps({"shard": s, "job_id": jid, "host": "n1", "pid": 1,
+                                                      "started": time.time() - 600, "error": None}))
+        if s < done_n:
+            layout.done(s).write_text(json.dumps({
+                "shard": s, "rows": end - start, "errors": 0, "job_id": jid, "finished": time.time(),
+                "parts": [{"name": p.name, "rows": end - start, "sha256": "0" * 64} for p in names]}))
+    return layout.root, arrays
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shards", type=int, default=10_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--child")
+    a = ap.parse_args()
+    if a.child:
+        child(Path(a.child))
+        return
+
+    os.environ.update(common.cluster_env())
+    root = common.fresh_dir("status")
+    root.mkdir(parents=True)
+    t = time.perf_counter()
+    run_dir, arrays = build_run(root, a.shards)
+    print(f"[{B}] built {run_dir} with {a.shards} shards in {time.perf_counter() - t:.1f}s; "
+          f"held+cancelled arrays {','.join(arrays)}", flush=True)
+    # the accounting database learns of the cancellations within a second or two
+    time.sleep(3)
+    sacct_log = common.make_shim(root / "shims", "sacct")
+    env = {"PATH": f"{root / 'shims'}:{os.environ['PATH']}"}
+
+    col, cli = [], []
+    for _ in range(a.repeat):
+        sacct_log.write_text("")
+        r = common.child_json(common.run_measured([common.PY, __file__, "--child", str(run_dir)], env=env))
+        r["shim_calls"] = len(common.shim_calls(sacct_log))
+        col.append(r)
+        sacct_log.write_text("")
+        res = common.run_measured([str(Path(sys.executable).parent / "hpcgen"), "status", str(run_dir), "--json"],
+                                  env=env)
+        st = json.loads(res["stdout"])
+        cli.append({"wall_s": res["wall_s"], "shim_calls": len(common.shim_calls(sacct_log)),
+                    "counts": st["counts"], "maxrss_mb": res["maxrss_mb"]})
+    best_col = min(r["collect_s"] for r in col)
+    best_cli = min(r["wall_s"] for r in cli)
+    common.report(B, f"state.collect over {a.shards:,} shards (best of {a.repeat})", best_col, "s", "< 1 s",
+                  best_col < 1, note="runs: " + ", ".join(f"{r['collect_s']:.3f}" for r in col)
+                  + f"; load_manifest {min(r['manifest_s'] for r in col):.3f}s")
+    common.report(B, f"hpcgen status --json wall (best of {a.repeat})", best_cli, "s", "< 1 s", best_cli < 1,
+                  note="runs: " + ", ".join(f"{r['wall_s']:.3f}" for r in cli)
+                  + f"; peak RSS {cli[0]['maxrss_mb']:.0f} MB")
+    calls = max(r["shim_calls"] for r in col + cli)
+    common.report(B, "sacct calls per status", calls, "", "<= 1", calls <= 1,
+                  note=f"state.sacct_calls={col[0]['sacct_calls']}")
+    common.report(B, "shard states seen", json.dumps(cli[0]["counts"], sort_keys=True), "", "info",
+                  note="expected done 5000; the rest cancelled (their arrays were cancelled)")
+    left = common.wait_gone(arrays)
+    common.report(B, "our jobs left in squeue", len(left), "", "0", not left)
+
+
+if __name__ == "__main__":
+    main()
