@@ -85,10 +85,11 @@ def build_run(root: Path, shards: int) -> tuple[Path, list[str]]:
     for s in range(done_n + partial_n):
         start, end = plan.shards[s]
         jid = jobs[s] + ".r0"
-        names = [layout.part(s, 0, end - start)] if s < done_n else [layout.part(s, 0, (end - start) // 3),
-                                                                      layout.part(s, 1, (end - start) // 3)]
+        tag = jid.replace(".", "-")
+        rows = [end - start] if s < done_n else [(end - start) // 3] * 2
+        names = [common.part_name(s, seq, n, tag) for seq, n in enumerate(rows)]
         for p in names:
-            os.link(proto, p)
+            os.link(proto, layout.parts_dir / p.name)
         layout.attempt(s, jid).write_text(json.dumps({"shard": s, "job_id": jid, "host": "n1", "pid": 1,
                                                       "started": time.time() - 600, "error": None}))
         if s < done_n:

@@ -164,6 +164,16 @@ def big_prompt_parquet(rows: int = 10_000_000, row_group: int = 100_000) -> Path
     return path
 
 
+def part_name(shard: int, seq: int, rows: int, tag: str = "bench0") -> Any:
+    """A PartName whatever its current shape (attempt-tagged names or not)."""
+    from hpcgen.layout import PartName
+
+    try:
+        return PartName(shard, seq, rows, tag)  # type: ignore[call-arg]
+    except TypeError:
+        return PartName(shard, seq, rows)  # type: ignore[call-arg]
+
+
 def squeue_jobs(job_ids: list[str]) -> list[str]:
     """squeue lines (id state reason) still queued or running for these job/array ids."""
     if not job_ids:

@@ -237,13 +237,13 @@ def time_minutes(value: str | int) -> int:
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
     if not m:
         raise ValueError(f"time {text!r} is not a SLURM time such as '04:00:00' or '1-12:00:00'")
-    days, a, b, c = (int(x) if x else None for x in m.groups())
-    if days is None and b is None:  # plain minutes
-        return max(1, a or 0)
-    if c is None:  # D-HH:MM or MM:SS
-        secs = (days or 0) * 86400 + a * 3600 + b * 60 if days is not None else a * 60 + (b or 0)
+    days, a, b, c = (int(x) if x else 0 for x in m.groups())
+    if m[1] is None and m[3] is None:  # plain minutes
+        return max(1, a)
+    if m[4] is None:  # D-HH:MM or MM:SS
+        secs = days * 86400 + a * 3600 + b * 60 if m[1] is not None else a * 60 + b
     else:
-        secs = (days or 0) * 86400 + a * 3600 + (b or 0) * 60 + c
+        secs = days * 86400 + a * 3600 + b * 60 + c
     return max(1, (secs + 59) // 60)
 
 

@@ -163,13 +163,16 @@ class Engine:
 
     def add(self, row_id: int, token_ids: list[int]) -> None:
         """Queue one row; a request vLLM rejects (validation) becomes that row's PromptError."""
+        rejected: tuple[type[Exception], ...] = (ValueError,)
         try:
-            from vllm.exceptions import VLLMValidationError as _Rejected
+            from vllm.exceptions import VLLMValidationError
+
+            rejected += (VLLMValidationError,)
         except ImportError:  # older vLLM: validation errors are ValueErrors
-            _Rejected = ValueError  # noqa: N806
+            pass
         try:
             self.core.add_request(str(row_id), {"prompt_token_ids": token_ids}, self.sampling_params(row_id))
-        except (_Rejected, ValueError) as exc:
+        except rejected as exc:
             raise PromptError(f"vLLM rejected the request: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
 
     def has_unfinished(self) -> bool:

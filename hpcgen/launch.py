@@ -57,10 +57,10 @@ def make_executor(kind: str, layout: RunLayout, spec: JobSpec) -> Any:
     import submitit
 
     if kind == "local":
-        ex = submitit.LocalExecutor(folder=str(layout.logs_dir / "%j"))
-        ex.update_parameters(timeout_min=spec.slurm.local_timeout_min, gpus_per_node=0,
-                             signal_delay_s=spec.slurm.signal_delay_s)
-        return ex
+        local = submitit.LocalExecutor(folder=str(layout.logs_dir / "%j"))
+        local.update_parameters(timeout_min=spec.slurm.local_timeout_min, gpus_per_node=0,
+                                signal_delay_s=spec.slurm.signal_delay_s)
+        return local
     python = spec.slurm.python or sys.executable
     ex = submitit.SlurmExecutor(folder=str(layout.logs_dir / "%j"), max_num_timeout=spec.slurm.max_requeues,
                                 python=python)

@@ -108,7 +108,7 @@ class InputReader:
 
     def _jsonl_rows(self, shard: int) -> list[dict[str, Any]]:
         start, end = self.manifest["shards"][shard]
-        rows = []
+        rows: list[dict[str, Any]] = []
         with open(self.path, "rb") as fh:
             fh.seek(self.manifest["jsonl_offsets"][shard])
             for line in fh:
@@ -122,7 +122,7 @@ class InputReader:
         if self.format == "jsonl":
             return pa.Table.from_pylist(self._jsonl_rows(shard), schema=self.schema)
         start, end = self.manifest["shards"][shard]
-        pieces = []
+        pieces: list[pa.Table] = []
         md = self.pf.metadata
         pos = start
         while pos < end:

@@ -134,8 +134,9 @@ def sha256_file(path: Path) -> str:
 
 
 def write_done(layout: RunLayout, shard: int, parts: list[PartName], errors: int, jid: str) -> None:
-    entries = [{"name": p.name, "rows": p.rows, "sha256": sha256_file(layout.parts_dir / p.name)} for p in parts]
-    checksum = hashlib.sha256("".join(e["sha256"] for e in entries).encode()).hexdigest()
+    hashes = [sha256_file(layout.parts_dir / p.name) for p in parts]
+    entries = [{"name": p.name, "rows": p.rows, "sha256": h} for p, h in zip(parts, hashes, strict=True)]
+    checksum = hashlib.sha256("".join(hashes).encode()).hexdigest()
     atomic.write_json(layout.done(shard), {
         "shard": shard, "rows": sum(p.rows for p in parts), "errors": errors, "parts": entries,
         "checksum": checksum, "job_id": jid, "finished": time.time(),

@@ -1,0 +1,192 @@
+"""Merge at scale: 1,000,000 rows x 4 responses x ~200 characters in 100 shards (parts of 256 rows, the
+default checkpoint size, with real done markers), ``hpcgen.merge.merge_run`` against a plain pyarrow
+baseline (read all parts, concatenate, sort by row id, put next to the input columns, write one parquet).
+
+Figures: baseline_time / hpcgen_time (goal >= 0.9), peak RSS of each (own subprocess, wait4), and hpcgen's
+memory above the interpreter floor in units of one shard (goal: bounded by a few shards, not the dataset).
+
+    python bench/bench_merge.py [--rows 1000000] [--shards 100] [--order hpcgen,baseline,baseline,hpcgen]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+B = "merge"
+PART_ROWS = 256
+N_SAMPLES = 4
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def input_table(rows: int, row_group: int, path: Path) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    with pq.ParquetWriter(path, _input_schema()) as w:
+        for lo in range(0, rows, row_group):
+            ids = pa.array(np.arange(lo, min(rows, lo + row_group)))
+            n = len(ids)
+            q = pc.binary_join_element_wise("Question ", pc.cast(ids, pa.string()),
+                                            ": how many apples are left after the market closes?", "")
+            w.write_table(pa.table({
+                "data_source": pa.array(["openai/gsm8k"] * n), "prompt": q, "ability": pa.array(["math"] * n),
+                "extra_info": pa.StructArray.from_arrays([pa.array(["train"] * n), ids], ["split", "index"]),
+            }, schema=_input_schema()))
+
+
+def _input_schema():
+    import pyarrow as pa
+
+    return pa.schema([("data_source", pa.string()), ("prompt", pa.string()), ("ability", pa.string()),
+                      ("extra_info", pa.struct([("split", pa.string()), ("index", pa.int64())]))])
+
+
+def part_table(rng, corpus: bytes, first: int, n: int):
+    """n rows of PART_SCHEMA: 4 responses each, 150-250 ASCII characters of word salad, all distinct."""
+    import numpy as np
+    import pyarrow as pa
+
+    from hpcgen.worker import PART_SCHEMA
+
+    lengths = rng.integers(150, 251, size=n * N_SAMPLES)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    start = int(rng.integers(0, len(corpus) - int(offsets[-1])))
+    texts = pa.StringArray.from_buffers(len(lengths), pa.py_buffer(offsets), pa.py_buffer(
+        corpus[start:start + int(offsets[-1])]))
+    lists = pa.array(np.arange(0, n * N_SAMPLES + 1, N_SAMPLES, dtype=np.int32))
+    return pa.Table.from_arrays([
+        pa.array(np.arange(first, first + n, dtype=np.int64)),
+        pa.ListArray.from_arrays(lists, texts),
+        pa.ListArray.from_arrays(lists, pa.array(["stop"] * (n * N_SAMPLES))),
+        pa.ListArray.from_arrays(lists, pa.array((lengths // 4).astype(np.int32))),
+        pa.array(rng.integers(20, 80, size=n).astype(np.int32)),
+        pa.array(np.zeros(n, dtype=bool)),
+        pa.nulls(n, pa.string()),
+    ], schema=PART_SCHEMA)
+
+
+def build(rows: int, shards: int) -> Path:
+    """Input parquet + run directory with every shard done; cached under the bench dir."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from hpcgen.config import load_job
+    from hpcgen.plan import create_run_dir, make_plan
+    from hpcgen.worker import write_done
+
+    root = common.BENCH_DIR / f"merge-{rows}-{shards}"
+    stamp = root / "complete"
+    if stamp.is_file():
+        return root / "run"
+    root = common.fresh_dir(root.name)
+    root.mkdir(parents=True)
+    input_table(rows, 100_000, root / "input.parquet")
+    data = {"defaults": ["model/tiny"], "data": {"path": str(root / "input.parquet"), "n_samples": N_SAMPLES},
+            "model": {"path": str(common.tiny_model())}, "sharding": {"num_shards": shards}}
+    plan = make_plan(load_job(None, [], data=data), job_file=None, overrides=[])
+    layout = create_run_dir(root / "run", plan.manifest)
+    rng = np.random.default_rng(0)
+    words = ["".join(chr(97 + int(c)) for c in rng.integers(0, 26, size=int(k))) for k in rng.integers(1, 10, 2000)]
+    corpus = " ".join(words[int(i)] for i in rng.integers(0, len(words), 600_000)).encode()
+    for shard, (lo, hi) in enumerate(plan.shards):
+        parts = []
+        for seq, first in enumerate(range(lo, hi, PART_ROWS)):
+            n = min(PART_ROWS, hi - first)
+            name = common.part_name(shard, seq, n)
+            pq.write_table(part_table(rng, corpus, first, n), layout.parts_dir / name.name)
+            parts.append(name)
+        write_done(layout, shard, parts, 0, "bench")
+    stamp.write_text("ok")
+    return layout.root
+
+
+def child_hpcgen(run_dir: Path, out: Path) -> None:
+    from hpcgen.merge import merge_run
+
+    floor = rss_mb()
+    t = time.perf_counter()
+    res = merge_run(run_dir, output=out)
+    common.emit_child({"s": time.perf_counter() - t, "rows": res.rows, "floor_mb": floor})
+
+
+def child_baseline(run_dir: Path, out: Path) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hpcgen.plan import load_manifest
+
+    floor = rss_mb()
+    t = time.perf_counter()
+    inp_path = load_manifest(run_dir)["dataset"]["path"]
+    files = sorted((run_dir / "parts").glob("*.parquet"))
+    gen = pa.concat_tables([pq.read_table(f) for f in files]).sort_by("row_id")
+    inp = pq.read_table(inp_path)
+    assert (gen.column("row_id").to_numpy() == np.arange(inp.num_rows)).all()  # noqa: S101
+    for name in gen.column_names[1:]:
+        inp = inp.append_column(name, gen.column(name))
+    pq.write_table(inp, out)
+    common.emit_child({"s": time.perf_counter() - t, "rows": inp.num_rows, "floor_mb": floor})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--shards", type=int, default=100)
+    ap.add_argument("--order", default="hpcgen,baseline,baseline,hpcgen")
+    ap.add_argument("--child", nargs=3)
+    a = ap.parse_args()
+    if a.child:
+        (child_hpcgen if a.child[0] == "hpcgen" else child_baseline)(Path(a.child[1]), Path(a.child[2]))
+        return
+
+    t = time.perf_counter()
+    run_dir = build(a.rows, a.shards)
+    parts = sorted((run_dir / "parts").glob("*.parquet"))
+    parts_mb = sum(p.stat().st_size for p in parts) / 1e6
+    print(f"[{B}] run {run_dir}: {len(parts)} part files, {parts_mb:.0f} MB on disk, ready in "
+          f"{time.perf_counter() - t:.1f}s (cached after the first build)", flush=True)
+    import pyarrow.parquet as pq
+
+    shard0 = [p for p in parts if p.name.startswith("s000000.")]
+    shard_mb = sum(pq.read_table(p).nbytes for p in shard0) / 1e6
+    out = common.bench_dir("merge-out") / "merged.parquet"
+    runs: dict[str, list[dict]] = {"hpcgen": [], "baseline": []}
+    for kind in a.order.split(","):
+        res = common.run_measured([common.PY, __file__, "--child", kind, str(run_dir), str(out)])
+        r = {**common.child_json(res), "rss_mb": res["maxrss_mb"], "out_mb": out.stat().st_size / 1e6}
+        runs[kind].append(r)
+        out.unlink()
+        print(f"[{B}] {kind}: {r['s']:.1f}s, peak RSS {r['rss_mb']:.0f} MB, {r['rows']} rows, "
+              f"output {r['out_mb']:.0f} MB", flush=True)
+    h = min(runs["hpcgen"], key=lambda r: r["s"])
+    b = min(runs["baseline"], key=lambda r: r["s"])
+    ratio = b["s"] / h["s"]
+    common.report(B, f"hpcgen merge_run, {h['rows']:,} rows (best)", h["s"], "s",
+                  note=f"{len(parts)} parts, {parts_mb:.0f} MB; {h['rows'] / h['s'] / 1e3:.1f}k rows/s")
+    common.report(B, "pyarrow baseline (best)", b["s"], "s")
+    common.report(B, "time ratio baseline/hpcgen", ratio, "", ">= 0.9", ratio >= 0.9)
+    h_rss = max(r["rss_mb"] for r in runs["hpcgen"])
+    b_rss = max(r["rss_mb"] for r in runs["baseline"])
+    common.report(B, "peak RSS hpcgen / baseline", f"{h_rss:.0f} MB / {b_rss:.0f} MB", "", "info",
+                  note=f"interpreter+imports floor {h['floor_mb']:.0f} MB")
+    shards_worth = (h_rss - h["floor_mb"]) / shard_mb
+    common.report(B, "hpcgen RSS above floor, in shards", shards_worth, "shards", "<= 10 (dataset = "
+                  f"{a.shards})", shards_worth <= 10, note=f"one shard = {shard_mb:.0f} MB in memory")
+
+
+if __name__ == "__main__":
+    main()
