@@ -113,13 +113,20 @@ def build(rows: int, shards: int) -> Path:
     return layout.root
 
 
+def pool_peak() -> dict:
+    import pyarrow as pa
+
+    pool = pa.default_memory_pool()
+    return {"pool_peak_mb": pool.max_memory() / 1e6, "pool": pool.backend_name}
+
+
 def child_hpcgen(run_dir: Path, out: Path) -> None:
     from hpcgen.merge import merge_run
 
     floor = rss_mb()
     t = time.perf_counter()
     res = merge_run(run_dir, output=out)
-    common.emit_child({"s": time.perf_counter() - t, "rows": res.rows, "floor_mb": floor})
+    common.emit_child({"s": time.perf_counter() - t, "rows": res.rows, "floor_mb": floor, **pool_peak()})
 
 
 def child_baseline(run_dir: Path, out: Path) -> None:
@@ -139,7 +146,7 @@ def child_baseline(run_dir: Path, out: Path) -> None:
     for name in gen.column_names[1:]:
         inp = inp.append_column(name, gen.column(name))
     pq.write_table(inp, out)
-    common.emit_child({"s": time.perf_counter() - t, "rows": inp.num_rows, "floor_mb": floor})
+    common.emit_child({"s": time.perf_counter() - t, "rows": inp.num_rows, "floor_mb": floor, **pool_peak()})
 
 
 def main() -> None:
@@ -170,7 +177,8 @@ def main() -> None:
         r = {**common.child_json(res), "rss_mb": res["maxrss_mb"], "out_mb": out.stat().st_size / 1e6}
         runs[kind].append(r)
         out.unlink()
-        print(f"[{B}] {kind}: {r['s']:.1f}s, peak RSS {r['rss_mb']:.0f} MB, {r['rows']} rows, "
+        print(f"[{B}] {kind}: {r['s']:.1f}s, peak RSS {r['rss_mb']:.0f} MB (arrow {r['pool']} pool peak "
+              f"{r['pool_peak_mb']:.0f} MB), {r['rows']} rows, "
               f"output {r['out_mb']:.0f} MB", flush=True)
     h = min(runs["hpcgen"], key=lambda r: r["s"])
     b = min(runs["baseline"], key=lambda r: r["s"])

@@ -96,13 +96,16 @@ def cmd_status(a: argparse.Namespace) -> int:
     from rich.table import Table
 
     shown = [s for s in state.shards if a.all or s.state != "done"][: None if a.all else 50]
-    table = Table(title=f"{state.run_dir}", title_justify="left")
+    table = Table()
     for col in ("shard", "state", "rows", "job", "attempts", "last error / log"):
         table.add_column(col)
     for s in shown:
         note = f"{s.last_error or ''} [{s.log}]" if s.state in ("failed", "cancelled") else ""
         table.add_row(str(s.id), s.state, f"{s.rows_done}/{s.rows_total}", s.job_id or "-", str(s.attempts), note)
     con = _console()
+    con.print(f"run {state.run_dir}" + (f" ({state.executor})" if state.executor else ""))
+    if state.chain:
+        con.print(f"merge+score step: job {state.chain['job_id']} {state.chain['state']}")
     if shown:
         con.print(table)
     hidden = len([s for s in state.shards if a.all or s.state != "done"]) - len(shown)

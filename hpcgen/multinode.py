@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -48,14 +49,15 @@ class NodeFailure(RuntimeError):
 
 
 def _procs() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, session id) of every process on this host."""
+    """pid -> (ppid, session id) of every live (not zombie) process on this host."""
     out = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
             with contextlib.suppress(OSError, ValueError, IndexError):
                 with open(f"/proc/{name}/stat") as fh:
                     fields = fh.read().rsplit(")", 1)[1].split()
-                out[int(name)] = (int(fields[1]), int(fields[3]))
+                if fields[0] not in ("Z", "X"):
+                    out[int(name)] = (int(fields[1]), int(fields[3]))
     return out
 
 
@@ -195,6 +197,20 @@ class Rendezvous:
         return None
 
 
+    def explain(self, ranks: list[int]) -> str | None:
+        """After the head's engine failed: was a peer the cause? Waits until a peer shows a problem (a dead node
+        goes stale) or every peer has beaten twice more (alive: the failure is the head's own)."""
+        start = {r: (self.peer(r)[0] or {}).get("beat", 0) for r in ranks}
+        deadline = time.monotonic() + self.stale_s + 2 * BEAT_S
+        while time.monotonic() < deadline:
+            if (reason := self.problem(ranks)) is not None:
+                return reason
+            if all((self.peer(r)[0] or {}).get("beat", 0) >= start[r] + 2 for r in ranks):
+                return None
+            time.sleep(0.5)
+        return self.problem(ranks)
+
+
 class _Watchdog:
     """While the head generates: on a peer problem, raise NodeFailure in the main thread (via SIGALRM, which
     also interrupts a blocking wait on the engine)."""
@@ -261,9 +277,12 @@ def _headless(run_dir: str, rank: int, addr: str, port: int) -> None:
     MultiprocExecutor(config, monitor_workers=False).start_worker_monitor(inline=True)
 
 
+def _ray_tmp(job: str, rank: int) -> Path:  # per node and job: sockets and ray_current_cluster never collide
+    return Path(tempfile.gettempdir()) / f"hpcgen-ray-{re.sub(r'[^A-Za-z0-9_]', '_', job)}-{rank}"
+
+
 def _ray_cmd(rank: int, job: str, addr: str, port: int, num_cpus: int, extra: list[str]) -> list[str]:
-    exe = Path(sys.executable).with_name("ray")
-    tmp = Path(tempfile.gettempdir()) / f"hpcgen-ray-{re.sub(r'[^A-Za-z0-9_]', '_', job)}-{rank}"
+    exe, tmp = Path(sys.executable).with_name("ray"), _ray_tmp(job, rank)
     cmd = [str(exe) if exe.exists() else "ray", "start", "--block", "--disable-usage-stats", f"--temp-dir={tmp}",
            f"--num-cpus={num_cpus}", f'--resources={{"hpcgen_node_{rank}": 1}}',
            f"--dashboard-agent-listen-port={_free_port()}", *extra]  # fixed defaults collide on shared nodes
@@ -375,12 +394,12 @@ def _run(run_dir: Path, nnodes: int, backend: str, head_work: Callable[..., dict
                 try:
                     result = head_work(engine_factory=factory)
                 except BaseException as exc:
-                    time.sleep(0 if dog.reason else 3)  # a peer's death often surfaces in vLLM first
-                    reason = dog.reason or rdv.problem(peers)
+                    reason = dog.reason or rdv.explain(peers)
                     if reason:
                         _record_failure(run_dir, shard_ids, job, f"NodeFailure: {reason}")
                         raise NodeFailure(reason) from exc
                     raise
+            rdv.publish(state="finishing")  # from here on, helpers may stop: that is no failure
             for eng in built:
                 with contextlib.suppress(Exception):
                     eng.shutdown()
@@ -407,7 +426,10 @@ def _run(run_dir: Path, nnodes: int, backend: str, head_work: Callable[..., dict
             if backend == "mp" and helper is None and (head or {}).get("engine"):
                 helper = _spawn([sys.executable, "-m", "hpcgen.multinode", "headless", str(run_dir), str(rank),
                                  addr, str(port)], rdv.path(rank, "vllm.log"))
-            if helper is not None and helper.poll() is not None and not _head_ends(rdv, 10):
+            if helper is not None and helper.poll() is not None:
+                if (rdv.peer(0)[0] or {}).get("state") in ("finishing", "done", "failed"):
+                    time.sleep(0.5)
+                    continue
                 what = "ray node" if backend == "ray" else "vLLM headless workers"
                 raise NodeFailure(f"{what} on {rdv.name(rank)} exited with code {helper.returncode}: "
                                   f"{_tail(rdv.path(rank, 'ray.log' if backend == 'ray' else 'vllm.log'))}")
@@ -425,16 +447,8 @@ def _run(run_dir: Path, nnodes: int, backend: str, head_work: Callable[..., dict
                 sys.modules["ray"].shutdown()
         _stop(helper)
         _kill(_leftovers, 5.0)
-
-
-def _head_ends(rdv: Rendezvous, within: float) -> bool:
-    """Did the head finish (done/failed) within ``within`` seconds? (a helper may stop because the head did)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if (rdv.peer(0)[0] or {}).get("state") in ("done", "failed"):
-            return True
-        time.sleep(0.5)
-    return False
+        if backend == "ray" and rdv.record["state"] in ("done", "exited"):  # logs kept when something failed
+            shutil.rmtree(_ray_tmp(job, rank), ignore_errors=True)
 
 
 def _cpus() -> int:
