@@ -287,6 +287,7 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
         os.environ.setdefault(key, value)
     jid = job_id()
     engine = None
+    perf = {"engine_start_s": 0.0, "gen_s": 0.0, "rows": 0}
     summary: dict[str, Any] = {"job_id": jid, "shards": {}}
     for shard in shard_ids:
         start, end = manifest["shards"][shard]
@@ -309,14 +310,22 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
                 if engine is None:
                     from hpcgen.engine import Engine
 
+                    t0 = time.monotonic()
                     engine = (engine_factory or Engine)(spec, spec.model.path)
+                    perf["engine_start_s"] = time.monotonic() - t0
+                t0 = time.monotonic()
                 generate_shard(engine, todo, writer, window=max(8, 2 * spec.rollout.max_num_seqs))
+                perf["gen_s"] += time.monotonic() - t0
+                perf["rows"] += end - start - len(saved)
             all_parts = parts + writer.parts
             errors = writer.errors + _count_errors(layout, parts)
             write_done(layout, shard, all_parts, errors, jid)
             summary["shards"][shard] = {"rows": end - start, "generated": end - start - len(saved)}
         except BaseException as exc:
-            record["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            if isinstance(exc, SystemExit):  # submitit leaves this way after requeueing the task
+                record["error"] = f"task exited ({exc.code}): time-limit warning or preemption; requeued if allowed"
+            else:
+                record["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
             record["traceback"] = traceback.format_exc(limit=20)
             record["ended"] = time.time()
             atomic.write_json(attempt, record)
@@ -326,6 +335,11 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
                 task._writer = None
         record["ended"] = time.time()
         atomic.write_json(attempt, record)
+    if perf["rows"] and perf["gen_s"] > 0 and engine_factory is None:
+        from hpcgen.advice import record_measurement
+
+        record_measurement(spec, perf["engine_start_s"], perf["rows"] / perf["gen_s"])
+    summary["perf"] = perf
     return summary
 
 

@@ -137,8 +137,10 @@ def test_scontrol_requeue_continues_without_resume(cluster, tiny_model, fault_da
 
 
 def test_time_limit_finishes_through_requeues(cluster, tiny_model, fault_data, reference, tmp_path):
-    """A 2-minute limit with the warning 75 s before it: the shard needs several runs and gets them."""
-    run_dir = start(tmp_path, tiny_model, fault_data, slurm={"time": "2", "signal_delay_s": 75, "max_requeues": 6})
+    """A 3-minute limit with the warning 90 s before it, and a slowed engine (2 sequences at a time): the
+    shard needs several runs and gets them, each continuing from the last; same samples as the reference."""
+    run_dir = start(tmp_path, tiny_model, fault_data, rollout={"max_num_seqs": 2},
+                    slurm={"time": "3", "signal_delay_s": 90, "max_requeues": 6})
     wait_for(lambda: status_json(run_dir)["shards"][0]["state"] in ("done", "failed"), 1500, "end", poll=5)
     st = status_json(run_dir)["shards"][0]
     assert st["state"] == "done", st
