@@ -86,10 +86,12 @@ def _session(sid: int) -> set[int]:
     return {p for p, (_, s) in _procs().items() if s == sid and p != os.getpid()}
 
 
-def _spawn(cmd: list[str], logfile: Path) -> subprocess.Popen:
-    """Run ``cmd`` under a supervisor in a new session; the session dies with this process."""
+def _spawn(cmd: list[str], logfile: Path, record: Path) -> subprocess.Popen:
+    """Run ``cmd`` under a supervisor in a new session; the session dies with this process, and the supervisor
+    then marks this node failed in ``record`` (its heartbeat file) so that the head knows at once."""
     with open(logfile, "ab") as fh:
-        return subprocess.Popen([sys.executable, "-m", "hpcgen.multinode", "supervise", str(os.getpid()), "--", *cmd],
+        return subprocess.Popen([sys.executable, "-m", "hpcgen.multinode", "supervise", str(os.getpid()), str(record),
+                                 "--", *cmd],
                                 stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -111,13 +113,21 @@ def _stop(helper: subprocess.Popen | None, grace: float = 3.0) -> None:
             helper.wait(5)
 
 
-def _supervise(parent: int, cmd: list[str]) -> int:
+def _supervise(parent: int, record: Path, cmd: list[str]) -> int:
     """Session leader: runs ``cmd``; when the parent dies, ``cmd`` ends or SIGTERM comes, kills the session."""
+    from hpcgen import atomic
+
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     child = subprocess.Popen(cmd)
     try:
         while child.poll() is None and os.getppid() == parent:
             time.sleep(0.5)
+        if os.getppid() != parent:
+            with contextlib.suppress(OSError, ValueError):
+                rec = atomic.read_json(record)
+                if rec.get("state") not in ("done", "exited", "failed"):
+                    atomic.write_json(record, {**rec, "state": "failed", "beat": rec.get("beat", 0) + 1,
+                                               "error": f"its task process (pid {parent}) died"})
         return child.returncode if child.returncode is not None else 1
     finally:
         _kill(lambda: _session(os.getsid(0)), 3.0)
@@ -140,7 +150,7 @@ class Rendezvous:
         self.dir = Path(run_dir) / "multinode" / re.sub(r"[^A-Za-z0-9_.-]", "_", job)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.job, self.rank, self.hostnames = job, rank, hostnames
-        self.record: dict[str, Any] = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(),
+        self.record: dict[str, Any] = {"rank": rank, "node": hostnames[rank], "pid": os.getpid(),
                                        "state": "starting", "error": None, "beat": 0}
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._seen: dict[int, tuple[int, float]] = {}
@@ -372,7 +382,7 @@ def _run(run_dir: Path, nnodes: int, backend: str, head_work: Callable[..., dict
             rdv.publish(state="starting", backend=backend, addr=addr, port=port)
             peers = list(range(1, nnodes))
             if backend == "ray":
-                helper = _spawn(_ray_cmd(0, job, addr, port, num_cpus, ray_args), rdv.path(0, "ray.log"))
+                helper = _spawn(_ray_cmd(0, job, addr, port, num_cpus, ray_args), rdv.path(0, "ray.log"), rdv.path(0))
                 _ray_wait_joined(rdv, nnodes, addr, port, helper, join_s)
                 os.environ["RAY_ADDRESS"] = f"{addr}:{port}"
             else:
@@ -413,7 +423,7 @@ def _run(run_dir: Path, nnodes: int, backend: str, head_work: Callable[..., dict
             time.sleep(0.5)
         addr, port = head["addr"], int(head["port"])
         if backend == "ray":
-            helper = _spawn(_ray_cmd(rank, job, addr, port, num_cpus, ray_args), rdv.path(rank, "ray.log"))
+            helper = _spawn(_ray_cmd(rank, job, addr, port, num_cpus, ray_args), rdv.path(rank, "ray.log"), rdv.path(rank))
         rdv.publish(state="ready")
         while True:
             head, stale = rdv.peer(0)
@@ -425,7 +435,7 @@ def _run(run_dir: Path, nnodes: int, backend: str, head_work: Callable[..., dict
                 raise NodeFailure(f"head {rdv.name(0)} stopped responding (no heartbeat for {rdv.stale_s:.0f} s)")
             if backend == "mp" and helper is None and (head or {}).get("engine"):
                 helper = _spawn([sys.executable, "-m", "hpcgen.multinode", "headless", str(run_dir), str(rank),
-                                 addr, str(port)], rdv.path(rank, "vllm.log"))
+                                 addr, str(port)], rdv.path(rank, "vllm.log"), rdv.path(rank))
             if helper is not None and helper.poll() is not None:
                 if (rdv.peer(0)[0] or {}).get("state") in ("finishing", "done", "failed"):
                     time.sleep(0.5)
@@ -496,12 +506,12 @@ def ray_bootstrap_check(run_dir: str, nnodes: int, ray_args: tuple[str, ...] = (
 
 def _main(argv: list[str]) -> int:
     if argv[:1] == ["supervise"]:
-        return _supervise(int(argv[1]), argv[argv.index("--") + 1:])
+        return _supervise(int(argv[1]), Path(argv[2]), argv[argv.index("--") + 1:])
     if argv[:1] == ["headless"]:
         logging.basicConfig(level=logging.INFO)
         _headless(argv[1], int(argv[2]), argv[3], int(argv[4]))
         return 0
-    print("usage: python -m hpcgen.multinode supervise PARENT_PID -- CMD... | headless RUN_DIR RANK ADDR PORT",
+    print("usage: python -m hpcgen.multinode supervise PID RECORD -- CMD... | headless RUN_DIR RANK ADDR PORT",
           file=sys.stderr)
     return 2
 
