@@ -30,7 +30,9 @@ def main() -> None:
     build_tiny_model(cache / "tiny-model")
     make_dataset(cache / "demo" / "prompts.parquet", 48, style="mixed", seed=0)
     run_dir = cache / "demo" / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
-    out = hpcgen("submit", "jobs/demo.yaml", "--executor", "local", "--wait", "--run-dir", str(run_dir))
+    # one local process on a small machine: all shards through one engine load
+    out = hpcgen("submit", "jobs/demo.yaml", "slurm.array_parallelism=1", "--executor", "local", "--wait",
+                 "--run-dir", str(run_dir))
     assert out.strip().splitlines()[-1] == str(run_dir)  # noqa: S101 - demo sanity check
     merged = hpcgen("merge", str(run_dir)).strip()
     print(hpcgen("score", str(run_dir)))
