@@ -229,12 +229,13 @@ class ShardTask(submitit.helpers.Checkpointable):
 
     def __init__(self) -> None:
         self._writer: PartWriter | None = None
+        self.stop_reason: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._writer = None
+        self.__init__()  # type: ignore[misc]
 
     def __call__(self, run_dir: str, shard_ids: list[int],
                  engine_factory: Callable[[JobSpec, str], Any] | None = None) -> dict[str, Any]:
@@ -255,7 +256,9 @@ class ShardTask(submitit.helpers.Checkpointable):
         spec = spec_from_manifest(load_manifest(Path(run_dir)))
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         if restarts >= spec.slurm.max_requeues:
-            log.error("not requeued: %d requeues already (slurm.max_requeues=%d)", restarts, spec.slurm.max_requeues)
+            self.stop_reason = (f"not requeued: {restarts} requeues already (slurm.max_requeues="
+                                f"{spec.slurm.max_requeues}); finished rows were saved, 'hpcgen resume' continues")
+            log.error(self.stop_reason)
             return None
         return submitit.helpers.DelayedSubmission(ShardTask(), run_dir, shard_ids)
 
@@ -286,6 +289,13 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
     for key, value in spec.env.items():
         os.environ.setdefault(key, value)
     jid = job_id()
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    if restarts > spec.slurm.max_requeues:  # requeued by SLURM itself (preemption) too often
+        reason = f"requeued {restarts} times, over slurm.max_requeues={spec.slurm.max_requeues}; 'hpcgen resume' continues"
+        for shard in shard_ids:
+            atomic.write_json(layout.attempt(shard, jid), {"shard": shard, "job_id": jid, "error": reason,
+                                                            "started": time.time(), "ended": time.time()})
+        raise RuntimeError(reason)
     engine = None
     perf = {"engine_start_s": 0.0, "gen_s": 0.0, "rows": 0}
     summary: dict[str, Any] = {"job_id": jid, "shards": {}}
@@ -322,7 +332,9 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
             write_done(layout, shard, all_parts, errors, jid)
             summary["shards"][shard] = {"rows": end - start, "generated": end - start - len(saved)}
         except BaseException as exc:
-            if isinstance(exc, SystemExit):  # submitit leaves this way after requeueing the task
+            if task is not None and task.stop_reason:
+                record["error"] = task.stop_reason
+            elif isinstance(exc, SystemExit):  # submitit leaves this way after requeueing the task
                 record["error"] = f"task exited ({exc.code}): time-limit warning or preemption; requeued if allowed"
             else:
                 record["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
