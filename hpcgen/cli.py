@@ -93,6 +93,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(state.to_dict()))
         return 0
+    from rich.markup import escape
     from rich.table import Table
 
     shown = [s for s in state.shards if a.all or s.state != "done"][: None if a.all else 50]
@@ -100,10 +101,11 @@ def cmd_status(a: argparse.Namespace) -> int:
     for col in ("shard", "state", "rows", "job", "attempts", "last error / log"):
         table.add_column(col)
     for s in shown:
-        note = f"{s.last_error or ''} [{s.log}]" if s.state in ("failed", "cancelled") else ""
-        table.add_row(str(s.id), s.state, f"{s.rows_done}/{s.rows_total}", s.job_id or "-", str(s.attempts), note)
+        note = f"{s.last_error or ''} ({s.log})" if s.state in ("failed", "cancelled") else ""
+        table.add_row(str(s.id), s.state, f"{s.rows_done}/{s.rows_total}", s.job_id or "-", str(s.attempts),
+                      escape(note))
     con = _console()
-    con.print(f"run {state.run_dir}" + (f" ({state.executor})" if state.executor else ""))
+    con.print(escape(f"run {state.run_dir}" + (f" ({state.executor})" if state.executor else "")))
     if state.chain:
         con.print(f"merge+score step: job {state.chain['job_id']} {state.chain['state']}")
     if shown:

@@ -40,6 +40,8 @@ def slurm_parameters(spec: JobSpec) -> dict[str, Any]:
     }
     if gpus:
         params["gpus_per_node"] = gpus
+    if nodes > 1:  # one node failing ends the whole step instead of leaving the others waiting
+        params["srun_args"] = ["--kill-on-bad-exit=1"]
     for key in ("partition", "account", "qos", "mem", "constraint", "exclude"):
         value = getattr(s, key)
         if value:

@@ -82,6 +82,22 @@ def attempt_records(run_dir: Path) -> list[dict]:
     return [atomic.read_json(p) for p in sorted((run_dir / "attempts").glob("*.json"))]
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a task process and everything it started (what a lost node or an OOM kill does; under
+    proctrack/linuxproc SLURM would not reap the orphaned engine processes)."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def check_no_regeneration(before: dict[str, list[int]], after: dict[str, list[int]]) -> None:
     assert all(after.get(name) == ids for name, ids in before.items()), "a saved part changed"
     old = {i for ids in before.values() for i in ids}
@@ -92,8 +108,7 @@ def check_no_regeneration(before: dict[str, list[int]], after: dict[str, list[in
 def test_kill_9_worker_then_resume_and_corrupt_part(cluster, tiny_model, fault_data, reference, tmp_path):
     run_dir = start(tmp_path, tiny_model, fault_data)
     wait_for(lambda: saved_rows(run_dir) >= 8, 600, "first saved rows")
-    pid = attempt_records(run_dir)[-1]["pid"]
-    os.kill(pid, signal.SIGKILL)
+    kill_tree(attempt_records(run_dir)[-1]["pid"])
     st = wait_for(lambda: (s := status_json(run_dir)["shards"][0])["state"] == "failed" and s, 120, "failed state")
     assert st["rows_done"] < ROWS and st["log"]
     before = parts(run_dir)
@@ -159,8 +174,7 @@ def test_lost_node_then_resume(cluster, tiny_model, fault_data, reference, tmp_p
     assert node in ("n1", "n2")
     slurmd_pid = int((cluster.state_dir / "run" / f"slurmd-{node}.pid").read_text())
     os.kill(slurmd_pid, signal.SIGKILL)
-    worker = attempt_records(run_dir)[-1]["pid"]
-    os.kill(worker, signal.SIGKILL)  # the node's processes die with it
+    kill_tree(attempt_records(run_dir)[-1]["pid"])  # the node's processes die with it
     before = parts(run_dir)
     time.sleep(30)  # past SlurmdTimeout: the controller declares the node lost
     cl.up()  # the node returns
