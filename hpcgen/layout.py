@@ -8,6 +8,7 @@ RUN_DIR/
   attempts/s000003.<job>.json    one per task start on a shard: job id, host, pid, time, error
   submissions/0001.json          one per submit/resume: job ids per shard
   logs/                          submitit folder (sbatch scripts, stdout/stderr per task)
+  multinode/<job>/node-<rank>.json   multi-node rendezvous and heartbeats
   .lock                          merge/resume lock
 ```
 Flat folders keep ``status`` to a few directory listings even with 10,000 shards.
@@ -93,6 +94,10 @@ class RunLayout:
     def attempt(self, shard: int, job_id: str) -> Path:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", job_id)
         return self.attempts_dir / f"s{shard:06d}.{safe}.json"
+
+    def multinode(self, job_id: str) -> Path:
+        """Rendezvous folder of one multi-node job attempt (heartbeats, head address)."""
+        return self.root / "multinode" / re.sub(r"[^A-Za-z0-9_.-]", "_", job_id)
 
     def submission(self, seq: int) -> Path:
         return self.submissions_dir / f"{seq:04d}.json"

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcgen import atomic
+from hpcgen.layout import RunLayout
 
 log = logging.getLogger("hpcgen.multinode")
 BEAT_S = 2.0
@@ -140,7 +141,7 @@ class Rendezvous:
     """This node's heartbeat file (rewritten every BEAT_S by a thread) and the view of the other nodes'."""
 
     def __init__(self, run_dir: Path, job: str, rank: int, hostnames: list[str]) -> None:
-        self.dir = Path(run_dir) / "multinode" / re.sub(r"[^A-Za-z0-9_.-]", "_", job)
+        self.dir = RunLayout(Path(run_dir)).multinode(job)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.run_dir, self.job, self.rank, self.hostnames = Path(run_dir), job, rank, hostnames
         self.record: dict[str, Any] = {"rank": rank, "node": hostnames[rank], "pid": os.getpid(),
