@@ -18,8 +18,8 @@ log = logging.getLogger("hpcgen.chain")
 
 def merge_and_score(run_dir: str) -> dict[str, Any]:
     """Runs inside the dependent job."""
+    from hpcgen.layout import load_manifest
     from hpcgen.merge import merge_run
-    from hpcgen.plan import load_manifest
     from hpcgen.score import score_file, write_report
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)

@@ -86,7 +86,7 @@ def _wait(run_dir: Path) -> None:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from hpcgen.plan import load_manifest
+    from hpcgen.layout import load_manifest
     from hpcgen.state import collect
 
     state = collect(Path(a.run_dir), load_manifest(Path(a.run_dir)))

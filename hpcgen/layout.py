@@ -20,6 +20,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from hpcgen import atomic
+from hpcgen.errors import RunDirError, UserError
+
+FORMAT = "hpcgen-run/1"
 
 _PART = re.compile(r"^s(\d{6})\.p(\d{6})\.n(\d+)\.([A-Za-z0-9_-]+)\.parquet$")
 _ATTEMPT = re.compile(r"^s(\d{6})\.(.+)\.json$")
@@ -138,3 +144,28 @@ def _names(d: Path) -> list[str]:
         return [e.name for e in os.scandir(d)]
     except FileNotFoundError:
         return []
+
+
+def load_manifest(run_dir: Path) -> dict[str, Any]:
+    layout = RunLayout(run_dir)
+    if not layout.root.is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist")
+    try:
+        manifest = atomic.read_json(layout.manifest)
+    except FileNotFoundError:
+        raise RunDirError(f"{run_dir} is not an hpcgen run directory (no manifest.json)") from None
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{layout.manifest} is unreadable: {exc}") from None
+    if manifest.get("format") != FORMAT:
+        raise RunDirError(f"{layout.manifest} has unknown format {manifest.get('format')!r}")
+    return manifest
+
+
+def check_writable(path: Path, key: str) -> None:
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if path.exists() and path.is_dir():
+        raise UserError(f"{key} {path} is a directory")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{key} {path} is not writable (directory {parent})")

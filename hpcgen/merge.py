@@ -19,8 +19,7 @@ import pyarrow.parquet as pq
 
 from hpcgen import atomic
 from hpcgen.errors import IncompleteRunError, RunDirError
-from hpcgen.layout import RunLayout
-from hpcgen.plan import check_writable, load_manifest
+from hpcgen.layout import RunLayout, check_writable, load_manifest
 
 META_COLUMNS = ("finish_reasons", "response_tokens", "prompt_tokens", "prompt_truncated", "gen_error")
 OUTPUT_COLUMNS = ("responses", *META_COLUMNS)

@@ -20,10 +20,9 @@ from typing import Any
 
 from hpcgen import atomic
 from hpcgen.config import JobSpec, expand_path
-from hpcgen.errors import DatasetError, ModelError, RunDirError, UserError
-from hpcgen.layout import RunLayout
+from hpcgen.errors import DatasetError, ModelError, RunDirError
+from hpcgen.layout import FORMAT, RunLayout, check_writable, load_manifest  # noqa: F401 - re-exported
 
-FORMAT = "hpcgen-run/1"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -197,16 +196,6 @@ def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str]) -> P
     return Plan(resolved, dataset, model_path, output, shards, tasks, manifest)
 
 
-def check_writable(path: Path, key: str) -> None:
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if path.exists() and path.is_dir():
-        raise UserError(f"{key} {path} is a directory")
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{key} {path} is not writable (directory {parent})")
-
-
 def create_run_dir(run_dir: Path, manifest: dict[str, Any]) -> RunLayout:
     """Materialise the run directory atomically: built in a temp sibling, then renamed into place."""
     run_dir = run_dir.resolve()
@@ -229,21 +218,6 @@ def create_run_dir(run_dir: Path, manifest: dict[str, Any]) -> RunLayout:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return RunLayout(run_dir)
-
-
-def load_manifest(run_dir: Path) -> dict[str, Any]:
-    layout = RunLayout(run_dir)
-    if not layout.root.is_dir():
-        raise RunDirError(f"run directory {run_dir} does not exist")
-    try:
-        manifest = atomic.read_json(layout.manifest)
-    except FileNotFoundError:
-        raise RunDirError(f"{run_dir} is not an hpcgen run directory (no manifest.json)") from None
-    except (OSError, ValueError) as exc:
-        raise RunDirError(f"{layout.manifest} is unreadable: {exc}") from None
-    if manifest.get("format") != FORMAT:
-        raise RunDirError(f"{layout.manifest} has unknown format {manifest.get('format')!r}")
-    return manifest
 
 
 def spec_from_manifest(manifest: dict[str, Any]) -> JobSpec:

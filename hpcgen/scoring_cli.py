@@ -13,7 +13,7 @@ from hpcgen.layout import RunLayout
 def resolve_target(target: Path) -> tuple[Path, Path, dict[str, Any]]:
     """(merged file, default scores path, score settings) for a run directory or a file."""
     if target.is_dir():
-        from hpcgen.plan import load_manifest
+        from hpcgen.layout import load_manifest
 
         manifest = load_manifest(target)
         layout = RunLayout(target)
