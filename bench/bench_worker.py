@@ -3,8 +3,10 @@ prompts, SamplingParams and seeds, each in its own subprocess, in the order bare
 
 Figures: generation-phase ratio (bare / hpcgen, goal >= 0.97), whole-task ratio, output agreement, and the
 measured engine start / rows per second recorded for ``hpcgen submit --dry-run``'s sizing advice.
+On a loaded machine single phases swing by +-25 %, so a cross-check follows: one process, one engine, the
+two kinds of generation phase alternated (hpcgen, bare, hpcgen), compared by their means.
 
-    python bench/bench_worker.py [--rows 256] [--order bare,hpcgen,hpcgen,bare]
+    python bench/bench_worker.py [--rows 200] [--order bare,hpcgen,hpcgen,bare] [--ab-order hpcgen,bare,hpcgen]
 """
 
 from __future__ import annotations
@@ -67,12 +69,9 @@ def child_hpcgen(run_dir: Path) -> None:
                        "front_cpu_s": own - build["cpu"][0], "engine_cpu_s": kids - build["cpu"][1]})
 
 
-def child_bare(run_dir: Path, out: Path) -> None:
-    """What a user would write by hand: one engine, one LLM.generate over the rows, one parquet."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from hpcgen.engine import cpu_build_adjustments, engine_kwargs, row_seed
+def build_bare(run_dir: Path) -> tuple:
+    """The bare script's engine: ``vllm.LLM`` with hpcgen's exact engine kwargs (and CPU adjustments)."""
+    from hpcgen.engine import cpu_build_adjustments, engine_kwargs
     from hpcgen.plan import load_manifest, spec_from_manifest
 
     manifest = load_manifest(run_dir)
@@ -80,19 +79,28 @@ def child_bare(run_dir: Path, out: Path) -> None:
     for k, v in spec.env.items():
         os.environ.setdefault(k, v)
     t0 = time.perf_counter()
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
+    from vllm import LLM
     from vllm.platforms import current_platform
 
     kwargs = engine_kwargs(spec, spec.model.path)
     if current_platform.is_cpu():
         kwargs = cpu_build_adjustments(kwargs)
     llm = LLM(**kwargs)
-    t_ready = time.perf_counter()
-    cpu0 = common.tree_cpu()
+    return llm, spec, manifest, time.perf_counter() - t0
+
+
+def bare_phase(llm, spec, manifest: dict, out: Path) -> float:
+    """What a user would write by hand: one LLM.generate over the rows, one parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from hpcgen.engine import row_seed
+
+    t0 = time.perf_counter()
     tok = llm.get_tokenizer()
-    table = pq.read_table(manifest["dataset"]["path"], columns=[spec.data.prompt_key])
-    prompts = table.column(0).to_pylist()
+    prompts = pq.read_table(manifest["dataset"]["path"], columns=[spec.data.prompt_key]).column(0).to_pylist()
     r, n = spec.rollout, spec.data.n_samples
     token_prompts, params = [], []
     for row_id, msgs in enumerate(prompts):
@@ -108,10 +116,35 @@ def child_bare(run_dir: Path, out: Path) -> None:
                      "finish_reasons": [str(x.finish_reason) for x in s],
                      "response_tokens": [len(x.token_ids) for x in s], "prompt_tokens": len(o.prompt_token_ids)})
     pq.write_table(pa.Table.from_pylist(rows), out)
-    t_end = time.perf_counter()
+    return time.perf_counter() - t0
+
+
+def child_bare(run_dir: Path, out: Path) -> None:
+    llm, spec, manifest, build_s = build_bare(run_dir)
+    cpu0 = common.tree_cpu()
+    gen_s = bare_phase(llm, spec, manifest, out)
     own, kids = common.tree_cpu()
-    common.emit_child({"build_s": t_ready - t0, "gen_s": t_end - t_ready, "front_cpu_s": own - cpu0[0],
+    common.emit_child({"build_s": build_s, "gen_s": gen_s, "front_cpu_s": own - cpu0[0],
                        "engine_cpu_s": kids - cpu0[1]})
+
+
+def child_ab(order: str, run_dirs: list[Path], out: Path) -> None:
+    """Cross-check with less noise: ONE engine, generation phases alternated in one process (prefix cache
+    reset before each), so both kinds see the same engine and nearly the same machine load."""
+    from hpcgen.engine import Engine
+    from hpcgen.worker import run_shards
+
+    llm, spec, manifest, _ = build_bare(run_dirs[0])
+    times: dict[str, list[float]] = {"bare": [], "hpcgen": []}
+    for kind in order.split(","):
+        llm.reset_prefix_cache()
+        if kind == "bare":
+            times["bare"].append(bare_phase(llm, spec, manifest, out))
+        else:
+            t0 = time.perf_counter()
+            run_shards(run_dirs.pop(), [0], engine_factory=lambda s, p: Engine(s, p, llm=llm))
+            times["hpcgen"].append(time.perf_counter() - t0)
+    common.emit_child(times)
 
 
 # --- parent --------------------------------------------------------------------------------------
@@ -141,8 +174,11 @@ def advice_demo(spec_data: dict, root: Path) -> None:
     job_file.write_text(yaml.safe_dump(job))
     plan = make_plan(load_job(job_file, []), job_file=str(job_file), overrides=[])
     print(f"[{B}] measurement on file for this model/settings: {measured(plan.spec)}")
-    for line in sizing_advice(plan.spec, [10_000] * 100):
-        print(f"[{B}] advice (100 shards x 10000 rows): {line}")
+    for i, line in enumerate(sizing_advice(plan.spec, [10_000] * 100)):
+        if i == 0:
+            common.report(B, "advice for a sample spec (100 shards x 10,000 rows)", line, "", "info")
+        else:
+            print(f"[{B}] advice (100 shards x 10000 rows): {line}")
     res = common.run_measured([str(Path(sys.executable).parent / "hpcgen"), "submit", str(job_file),
                                "--dry-run", "--run-dir", str(root / "dry")], env=common.cluster_env())
     lines = [x for x in res["stderr"].splitlines() if x.startswith(("estimate", "warning"))]
@@ -154,16 +190,20 @@ def advice_demo(spec_data: dict, root: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=256)
+    ap.add_argument("--rows", type=int, default=200)
     ap.add_argument("--every-rows", type=int, default=32)
     ap.add_argument("--order", default="bare,hpcgen,hpcgen,bare")
+    ap.add_argument("--ab-order", default="hpcgen,bare,hpcgen",
+                    help="phases of the one-engine cross-check ('' skips it)")
     ap.add_argument("--child", nargs="+")
     a = ap.parse_args()
     if a.child:
         if a.child[0] == "hpcgen":
             child_hpcgen(Path(a.child[1]))
-        else:
+        elif a.child[0] == "bare":
             child_bare(Path(a.child[1]), Path(a.child[2]))
+        else:
+            child_ab(a.child[1], [Path(x) for x in a.child[3:]], Path(a.child[2]))
         return
 
     from hpcgen.advice import perf_file, record_measurement
@@ -223,9 +263,22 @@ def main() -> None:
 
     spec = spec_from_manifest(load_manifest(last_run or run_dir))
     record_measurement(spec, best["hpcgen"]["build_s"], rows / best["hpcgen"]["gen_s"])
-    print(f"[{B}] recorded engine_start_s={best['hpcgen']['build_s']:.1f} "
-          f"rows_per_s={rows / best['hpcgen']['gen_s']:.2f} in {perf_file()}")
+    common.report(B, "recorded for sizing advice", f"engine start {best['hpcgen']['build_s']:.1f}s, "
+                  f"{rows / best['hpcgen']['gen_s']:.2f} rows/s", "", "info", note=str(perf_file()))
+    if a.ab_order:
+        ab_cross_check(a.ab_order, data, root, env)
     advice_demo(data, root)
+
+
+def ab_cross_check(order: str, data: dict, root: Path, env: dict[str, str]) -> None:
+    runs = [str(new_run(data, root / f"ab-run{i}")) for i in range(order.split(",").count("hpcgen"))]
+    res = common.run_measured([common.PY, __file__, "--child", "ab", order, str(root / "ab-bare.parquet"), *runs],
+                              env=env)
+    t = common.child_json(res)
+    ratio = (sum(t["bare"]) / len(t["bare"])) / (sum(t["hpcgen"]) / len(t["hpcgen"]))
+    common.report(B, "generation ratio bare/hpcgen, one engine, phases alternated", ratio, "", ">= 0.97",
+                  ratio >= 0.97, note=f"means of {order}: bare " + ", ".join(f"{x:.1f}" for x in t["bare"])
+                  + " s; hpcgen " + ", ".join(f"{x:.1f}" for x in t["hpcgen"]) + " s")
 
 
 def load_job_env(data: dict) -> dict[str, str]:

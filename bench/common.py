@@ -61,7 +61,8 @@ def report(bench: str, figure: str, value: float | int | str, unit: str = "", go
 
 def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = 1800,
                  echo: bool = False) -> dict[str, Any]:
-    """Run ``cmd``; return wall seconds, return code, its own peak RSS (MB, via wait4), stdout, stderr."""
+    """Run ``cmd``; return wall seconds, return code, stdout, stderr and ``maxrss_mb`` from wait4 (which
+    is at least the parent's RSS at fork time: children report ``vmhwm_mb()`` for real figures)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env={**os.environ, **(env or {})}, cwd=REPO)
@@ -97,6 +98,16 @@ def child_json(res: dict[str, Any]) -> dict[str, Any]:
 
 def emit_child(data: dict[str, Any]) -> None:
     print("CHILD " + json.dumps(data), flush=True)
+
+
+def vmhwm_mb() -> float:
+    """This process's own peak RSS (VmHWM). Unlike ru_maxrss, it does not inherit the parent's peak across
+    fork+exec, so children measure themselves with it."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def tree_cpu() -> tuple[float, float]:

@@ -68,7 +68,7 @@ def verify_done(layout: RunLayout, shard: int, bounds: tuple[int, int], n_sample
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             return None, f"part {path.name} does not match its checksum"
         try:
-            tables.append(pq.read_table(pa.BufferReader(data)))
+            tables.append(pq.ParquetFile(pa.BufferReader(data)).read())
         except Exception as exc:  # corrupt despite the checksum: never merged
             return None, f"part {path.name} is unreadable ({exc})"
     start, end = bounds
@@ -97,7 +97,9 @@ class InputReader:
         if self.format == "parquet":
             self.pf = pq.ParquetFile(self.path)
             self.schema = self.pf.schema_arrow
-            self._rg, self._rg_start, self._rg_table = -1, 0, None
+            self._batches: Iterator[pa.RecordBatch] | None = None
+            self._buffer: list[pa.RecordBatch] = []  # batches not yet consumed, starting at row self._pos
+            self._pos = 0
 
     def prepare(self, shard_ids: list[int]) -> None:
         """JSON lines have no schema: unify the shards' inferred schemas first (one extra pass)."""
@@ -121,29 +123,18 @@ class InputReader:
         if self.format == "jsonl":
             return pa.Table.from_pylist(self._jsonl_rows(shard), schema=self.schema)
         start, end = self.manifest["shards"][shard]
-        pieces: list[pa.Table] = []
-        md = self.pf.metadata
-        pos = start
-        while pos < end:
-            if self._rg_table is None or pos >= self._rg_start + self._rg_table.num_rows or pos < self._rg_start:
-                self._seek_row_group(pos, md)
-            assert self._rg_table is not None  # noqa: S101 - internal invariant, not user input
-            lo = pos - self._rg_start
-            take = min(end - pos, self._rg_table.num_rows - lo)
-            pieces.append(self._rg_table.slice(lo, take))
-            pos += take
-        return pa.concat_tables(pieces)
-
-    def _seek_row_group(self, row: int, md: Any) -> None:
-        first = 0
-        for rg in range(md.num_row_groups):
-            n = md.row_group(rg).num_rows
-            if first <= row < first + n:
-                self._rg, self._rg_start = rg, first
-                self._rg_table = self.pf.read_row_group(rg)
-                return
-            first += n
-        raise RunDirError(f"row {row} is beyond the dataset {self.path}: did it change since the plan?")
+        if self._batches is None or start < self._pos:  # (re)start the stream
+            self._batches, self._buffer, self._pos = self.pf.iter_batches(batch_size=8192), [], 0
+        while self._pos + sum(b.num_rows for b in self._buffer) < end:
+            batch = next(self._batches, None)
+            if batch is None:
+                raise RunDirError(f"rows up to {end} are beyond the dataset {self.path}: did it change since the plan?")
+            self._buffer.append(batch)
+        table = pa.Table.from_batches(self._buffer, schema=self.schema).slice(start - self._pos, end - start)
+        # keep only what later shards may still need (rows from `end` on)
+        rest = pa.Table.from_batches(self._buffer, schema=self.schema).slice(end - self._pos)
+        self._buffer, self._pos = rest.to_batches(), end
+        return table
 
 
 def _combine(inp: pa.Table, gen: pa.Table, metadata: bool) -> pa.Table:

@@ -288,6 +288,7 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
     spec = spec_from_manifest(manifest)
     for key, value in spec.env.items():
         os.environ.setdefault(key, value)
+    pa.Table.from_pylist([], schema=PART_SCHEMA)  # pays pyarrow's lazy imports now, not mid-generation
     jid = job_id()
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
     if restarts > spec.slurm.max_requeues:  # requeued by SLURM itself (preemption) too often
