@@ -84,6 +84,8 @@ def check_unchanged(manifest: dict[str, Any]) -> None:
 
 def invalidate_bad_done(layout: RunLayout, manifest: dict[str, Any]) -> list[int]:
     """Done shards whose parts no longer verify lose their marker (kept aside) so they are regenerated."""
+    from hpcgen.worker import valid_parts
+
     bad = []
     n = manifest["job"]["data"]["n_samples"]
     for shard in sorted(layout.list_done()):
@@ -91,17 +93,10 @@ def invalidate_bad_done(layout: RunLayout, manifest: dict[str, Any]) -> list[int
         if table is None:
             marker = layout.done(shard)
             os.replace(marker, marker.with_name(marker.name + f".invalid.{int(time.time())}"))
-            _quarantine_parts(layout, shard)
+            # parts that no longer read back are moved aside now; the worker re-validates the rest
+            valid_parts(layout, shard, layout.list_parts().get(shard, []), tuple(manifest["shards"][shard]))
             bad.append(shard)
     return bad
-
-
-def _quarantine_parts(layout: RunLayout, shard: int) -> None:
-    """Move aside every part of the shard that fails to read; the worker re-validates the rest."""
-    from hpcgen.worker import valid_parts
-
-    manifest = load_manifest(layout.root)
-    valid_parts(layout, shard, layout.list_parts().get(shard, []), tuple(manifest["shards"][shard]))
 
 
 def resume(run_dir: Path, *, executor: str | None = None) -> tuple[Submission | None, RunState, list[int]]:
@@ -118,7 +113,8 @@ def resume(run_dir: Path, *, executor: str | None = None) -> tuple[Submission | 
             return None, state, bad
         spec = spec_from_manifest(manifest)
         _, _, last_exec = latest_jobs(layout)
-        groups = [[sorted(todo)[i] for i in g] for g in task_groups(len(todo), spec.sharding.shards_per_task)]
+        order = sorted(todo)
+        groups = [[order[i] for i in g] for g in task_groups(len(order), spec.sharding.shards_per_task)]
         sub = submit_groups(layout, spec, groups, executor=executor or last_exec or "slurm", kind="resume",
                             extra={"rows_done_at_submit": state.rows_done})
         attach_chain(layout, spec, sub, previous=state.chain.get("job_id") if state.chain else None)
@@ -129,6 +125,8 @@ def cancel(run_dir: Path) -> int:
     manifest = load_manifest(run_dir)
     state = collect(run_dir, manifest, query_scheduler=False)
     open_jobs = sorted({s.job_id for s in state.shards if s.state != "done" and s.job_id})
+    if state.chain and state.chain["state"] != "done":  # the merge+score step would never run anyway
+        open_jobs.append(state.chain["job_id"])
     return cancel_jobs(open_jobs, state.executor or "slurm")
 
 

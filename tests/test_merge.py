@@ -90,3 +90,22 @@ def test_concurrent_merge_refused(tmp_path, small_dataset, fake_model):
 
 def test_compact_ranges():
     assert compact_ranges([5, 0, 1, 2, 9, 10]) == "0-2,5,9-10"
+
+
+def test_resume_invalidates_a_done_shard_whose_part_broke(tmp_path, small_dataset, fake_model):
+    import json as _json
+
+    from hpcgen.ops import invalidate_bad_done
+
+    run = make_run(tmp_path, small_dataset, fake_model)
+    run_shards(run.root, [0, 1, 2], engine_factory=FakeEngine)
+    victim = run.parts_dir / run.list_parts()[2][1].name
+    lost = pq.read_table(victim).num_rows
+    victim.write_bytes(victim.read_bytes()[:50])
+    manifest = _json.loads(run.manifest.read_text())
+    assert invalidate_bad_done(run, manifest) == [2]
+    assert 2 not in run.list_done() and not victim.exists()
+    again = FakeEngine(None, "")
+    run_shards(run.root, [2], engine_factory=lambda s, p: (setattr(again, "spec", s), again)[1])
+    assert len(again.added) == lost  # only the broken part's rows
+    assert merge_run(run.root, output=tmp_path / "o.parquet").rows == 100
