@@ -379,8 +379,14 @@ def _head(rdv: Rendezvous, backend: str, work: Callable[..., dict[str, Any]], en
     with _Watchdog(rdv, peers) as dog:
         try:
             result = work(engine_factory=factory)
-        except Exception as exc:  # a peer's death often surfaces in vLLM first: name the node if it was one
-            if reason := dog.reason or rdv.explain(peers):
+        except BaseException as exc:  # a peer's death surfaces in vLLM or as srun's SIGTERM: name the node
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            reason = dog.reason or rdv.explain(peers)
+            for _ in range(6 if reason is None and type(exc).__name__ == "Terminated" else 0):
+                time.sleep(0.5)  # srun --kill-on-bad-exit signals us as soon as the peer's task is gone
+                reason = dog.reason or rdv.explain(peers)
+            if reason:
                 rdv.record_failure(shard_ids, f"NodeFailure: {reason}")
                 raise NodeFailure(reason) from exc
             raise
