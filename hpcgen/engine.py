@@ -113,6 +113,13 @@ class Engine:
         self.core = llm.llm_engine
         self.tokenizer = llm.get_tokenizer()
         self._template_kwargs = dict(spec.data.apply_chat_template_kwargs)
+        self._rejected: tuple[type[Exception], ...] = (ValueError,)
+        try:
+            from vllm.exceptions import VLLMValidationError
+
+            self._rejected += (VLLMValidationError,)
+        except ImportError:  # older vLLM: validation errors are ValueErrors
+            pass
 
     @staticmethod
     def _build(spec: JobSpec, model_path: str) -> Any:
@@ -163,16 +170,9 @@ class Engine:
 
     def add(self, row_id: int, token_ids: list[int]) -> None:
         """Queue one row; a request vLLM rejects (validation) becomes that row's PromptError."""
-        rejected: tuple[type[Exception], ...] = (ValueError,)
-        try:
-            from vllm.exceptions import VLLMValidationError
-
-            rejected += (VLLMValidationError,)
-        except ImportError:  # older vLLM: validation errors are ValueErrors
-            pass
         try:
             self.core.add_request(str(row_id), {"prompt_token_ids": token_ids}, self.sampling_params(row_id))
-        except rejected as exc:
+        except self._rejected as exc:
             raise PromptError(f"vLLM rejected the request: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
 
     def has_unfinished(self) -> bool:

@@ -31,6 +31,16 @@ _PART = re.compile(r"^s(\d{6})\.p(\d{6})\.n(\d+)\.([A-Za-z0-9_-]+)\.parquet$")
 _ATTEMPT = re.compile(r"^s(\d{6})\.(.+)\.json$")
 
 
+def safe_job_id(job_id: str) -> str:
+    """A job id as a file-name component (attempt records, multi-node folders)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", job_id)
+
+
+def part_tag(job_id: str) -> str:
+    """A job id as a part-file tag (no dots: they separate the fields of a part name)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", job_id)
+
+
 @dataclass(frozen=True)
 class PartName:
     """``s<shard>.p<seq>.n<rows>.<attempt>.parquet``: the attempt tag keeps two writers (a task that lost its
@@ -98,12 +108,11 @@ class RunLayout:
         return self.done_dir / f"s{shard:06d}.json"
 
     def attempt(self, shard: int, job_id: str) -> Path:
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", job_id)
-        return self.attempts_dir / f"s{shard:06d}.{safe}.json"
+        return self.attempts_dir / f"s{shard:06d}.{safe_job_id(job_id)}.json"
 
     def multinode(self, job_id: str) -> Path:
         """Rendezvous folder of one multi-node job attempt (heartbeats, head address)."""
-        return self.root / "multinode" / re.sub(r"[^A-Za-z0-9_.-]", "_", job_id)
+        return self.root / "multinode" / safe_job_id(job_id)
 
     def submission(self, seq: int) -> Path:
         return self.submissions_dir / f"{seq:04d}.json"

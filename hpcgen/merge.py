@@ -125,16 +125,17 @@ class InputReader:
         start, end = self.manifest["shards"][shard]
         if self._batches is None or start < self._pos:  # (re)start the stream
             self._batches, self._buffer, self._pos = self.pf.iter_batches(batch_size=8192), [], 0
-        while self._pos + sum(b.num_rows for b in self._buffer) < end:
+        buffered = self._pos + sum(b.num_rows for b in self._buffer)
+        while buffered < end:
             batch = next(self._batches, None)
             if batch is None:
                 raise RunDirError(f"rows up to {end} are beyond the dataset {self.path}: did it change since the plan?")
             self._buffer.append(batch)
-        table = pa.Table.from_batches(self._buffer, schema=self.schema).slice(start - self._pos, end - start)
+            buffered += batch.num_rows
+        window = pa.Table.from_batches(self._buffer, schema=self.schema)
         # keep only what later shards may still need (rows from `end` on)
-        rest = pa.Table.from_batches(self._buffer, schema=self.schema).slice(end - self._pos)
-        self._buffer, self._pos = rest.to_batches(), end
-        return table
+        self._buffer, offset, self._pos = window.slice(end - self._pos).to_batches(), self._pos, end
+        return window.slice(start - offset, end - start)
 
 
 def _combine(inp: pa.Table, gen: pa.Table, metadata: bool) -> pa.Table:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -28,7 +27,7 @@ import submitit
 
 from hpcgen import atomic
 from hpcgen.config import JobSpec
-from hpcgen.layout import PartName, RunLayout
+from hpcgen.layout import PartName, RunLayout, part_tag
 from hpcgen.plan import load_manifest, spec_from_manifest
 
 log = logging.getLogger("hpcgen.worker")
@@ -313,7 +312,7 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
             parts, saved = valid_parts(layout, shard, layout.list_parts().get(shard, []), (start, end))
             next_seq = max((p.seq for p in parts), default=-1) + 1
             writer = PartWriter(layout, shard, next_seq, spec.checkpoint.every_rows, spec.checkpoint.every_seconds,
-                                tag=re.sub(r"[^A-Za-z0-9_-]", "-", jid))
+                                tag=part_tag(jid))
             if task is not None:
                 task._writer = writer
             todo = ((r, v) for r, v in read_prompts(manifest, shard) if r not in saved)
