@@ -66,6 +66,18 @@ def read_json(path: Path) -> Any:
         return json.load(fh)
 
 
+def _lock_holder(fd: int) -> str:
+    """The holder writes its name just after taking the lock: give it a moment before saying 'another'."""
+    import time
+
+    for _ in range(20):
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        if holder:
+            return holder
+        time.sleep(0.05)
+    return "another process"
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: Path, what: str) -> Iterator[None]:
     """Non-blocking exclusive flock; raises LockedError naming the holder instead of waiting."""
@@ -78,7 +90,7 @@ def exclusive_lock(path: Path, what: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            holder = _lock_holder(fd)
             raise LockedError(f"{what}: {path.parent} is locked by {holder}; try again when it finishes") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{what} (pid {os.getpid()})".encode(), 0)
