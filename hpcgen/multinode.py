@@ -10,8 +10,9 @@ The head publishes its address and a free port; the others wait for it (bounded)
 - ``ray``: ``ray start --head --block`` on the head, ``ray start --address --block`` elsewhere; the head waits
   until every node's raylet is alive, then builds the engine with the Ray executor.
 
-Helpers run under a supervisor in their own session, which kills the whole session when the task ends or dies
-(even by SIGKILL: proctrack/linuxproc loses orphans) and then marks the node failed. A watchdog on the head
+Helpers run under a guard (:mod:`hpcgen.guard`) in their own session, which kills the whole session when the
+task ends or dies (even by SIGKILL: proctrack/linuxproc loses orphans) and then marks the node failed. The head
+has a guard of its own for its in-process vLLM engine. A watchdog on the head
 fails the task, naming the node, when another node fails or stops beating; the others leave when the head is
 done, failed or silent.
 """
@@ -34,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hpcgen import atomic
+from hpcgen import atomic, guard
 from hpcgen.layout import RunLayout
 
 log = logging.getLogger("hpcgen.multinode")
@@ -44,88 +45,6 @@ ENDED = ("finishing", "done", "failed")  # head states after which helpers may s
 
 class NodeFailure(RuntimeError):
     """Another node of this multi-node task failed, vanished or never joined."""
-
-
-# --- processes (Linux /proc) -------------------------------------------------------------------------
-
-
-def _procs() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, session id) of every live (not zombie) process of this host."""
-    out = {}
-    for name in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{name}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-            if fields[0] not in ("Z", "X"):
-                out[int(name)] = (int(fields[1]), int(fields[3]))
-    return out
-
-
-def _no_tracker(pids: set[int]) -> set[int]:
-    """Without multiprocessing's resource trackers: each unlinks the shared memory its users leaked (vLLM's
-    message queues) and exits by itself once they are gone; killing it would leak /dev/shm segments."""
-    keep = set()
-    for pid in pids:
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as fh:
-            if b"resource_tracker" not in fh.read():
-                keep.add(pid)
-    return keep
-
-
-def _session(sid: int) -> set[int]:
-    return _no_tracker({p for p, (_, s) in _procs().items() if s == sid and p != os.getpid()})
-
-
-def _tree(root: int) -> set[int]:
-    """``root``'s descendants (e.g. vLLM's engine and workers), resource trackers aside."""
-    procs, todo, found = _procs(), [root], set[int]()
-    while todo:
-        parent = todo.pop()
-        kids = {p for p, (pp, _) in procs.items() if pp == parent} - found
-        found |= kids
-        todo += kids
-    return _no_tracker(found)
-
-
-def _kill(pids_of: Callable[[], set[int]], grace: float) -> None:
-    """SIGTERM whatever ``pids_of()`` lists, SIGKILL what is left after ``grace`` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 3.0)):
-        for pid in pids_of():
-            with contextlib.suppress(OSError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and pids_of():
-            time.sleep(0.1)
-
-
-def _supervise(parent: int, record: Path, cmd: list[str]) -> int:
-    """Session leader (``python -m hpcgen.multinode supervise``): runs ``cmd`` if given, and keeps the list
-    of the parent's other descendants (the head's in-process vLLM engine). When ``cmd`` ends or SIGTERM
-    comes, kills its session; when the parent dies, also marks its node failed in ``record`` and kills the
-    orphans."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    child, mine, orphans = subprocess.Popen(cmd) if cmd else None, os.getsid(0), set()
-    try:
-        while (child is None or child.poll() is None) and os.getppid() == parent:
-            procs = _procs()
-            orphans = {p for p in _tree(parent) if procs.get(p, (0, mine))[1] != mine}
-            time.sleep(0.5)
-        if os.getppid() != parent:
-            with contextlib.suppress(OSError, ValueError):
-                rec = atomic.read_json(record)
-                if rec.get("state") not in ("done", "exited", "failed"):
-                    atomic.write_json(record, {**rec, "state": "failed", "beat": rec.get("beat", 0) + 1,
-                                               "error": f"its task process (pid {parent}) died"})
-            _kill(lambda: orphans & set(_procs()), 3.0)
-        return child.returncode if child is not None and child.returncode is not None else 1
-    finally:
-        _kill(lambda: _session(mine), 3.0)
-
-
-def _stop(helper: subprocess.Popen | None) -> None:
-    if helper is not None:
-        _kill(lambda: _session(helper.pid), 3.0)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            helper.wait(5)
 
 
 def _free_port() -> int:
@@ -175,12 +94,8 @@ class Rendezvous:
         self._stop.set()
 
     def spawn(self, cmd: list[str], what: str) -> subprocess.Popen:
-        """``cmd`` under a supervisor in a new session, output to ``node-<rank>.<what>.log``."""
-        with open(self.path(self.rank, f"{what}.log"), "ab") as fh:
-            return subprocess.Popen(
-                [sys.executable, "-m", "hpcgen.multinode", "supervise", str(os.getpid()),
-                 str(self.path(self.rank)), *(["--", *cmd] if cmd else [])],
-                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        """``cmd`` under a guard in a new session, output to ``node-<rank>.<what>.log``."""
+        return guard.spawn(self.path(self.rank, f"{what}.log"), cmd, record=self.path(self.rank))
 
     def tail(self, what: str, n: int = 3) -> str:
         with contextlib.suppress(OSError):
@@ -458,9 +373,9 @@ def _run(run_dir: Path, nnodes: int, backend: str, work: Callable[..., dict[str,
         if "ray" in sys.modules:
             with contextlib.suppress(Exception):
                 sys.modules["ray"].shutdown()
-        _stop(rdv.helper)
-        _kill(lambda: _tree(os.getpid()) - _session(rdv.guard.pid if rdv.guard else -1), 5.0)
-        _stop(rdv.guard)
+        guard.stop(rdv.helper)
+        guard.kill(lambda: guard.tree(os.getpid()) - guard.session(rdv.guard.pid if rdv.guard else -1), 5.0)
+        guard.stop(rdv.guard)
         if backend == "ray" and rdv.record["state"] != "failed":  # Ray's logs are kept when something failed
             shutil.rmtree(_ray_tmp(rdv.job, rdv.rank), ignore_errors=True)
 
@@ -506,14 +421,11 @@ def ray_bootstrap_check(run_dir: str, nnodes: int, ray_args: tuple[str, ...] = (
 
 
 def _main(argv: list[str]) -> int:
-    if argv[:1] == ["supervise"]:
-        return _supervise(int(argv[1]), Path(argv[2]), argv[argv.index("--") + 1:] if "--" in argv else [])
     if argv[:1] == ["headless"]:
         logging.basicConfig(level=logging.INFO)
         _headless(argv[1], int(argv[2]), argv[3], int(argv[4]))
         return 0
-    print("usage: python -m hpcgen.multinode supervise PID RECORD [-- CMD...]\n"
-          "       python -m hpcgen.multinode headless RUN_DIR RANK ADDR PORT", file=sys.stderr)
+    print("usage: python -m hpcgen.multinode headless RUN_DIR RANK ADDR PORT", file=sys.stderr)
     return 2
 
 

@@ -246,7 +246,10 @@ class ShardTask(submitit.helpers.Checkpointable):
 
             return run_multinode(Path(run_dir), shard_ids, spec, functools.partial(
                 run_shards, Path(run_dir), shard_ids, task=self))
-        return run_shards(Path(run_dir), shard_ids, task=self, engine_factory=engine_factory)
+        from hpcgen import guard
+
+        with guard.guarded():  # a SIGKILLed task leaves no vLLM engine behind, whatever the proctrack plugin
+            return run_shards(Path(run_dir), shard_ids, task=self, engine_factory=engine_factory)
 
     def checkpoint(self, run_dir: str, shard_ids: list[int], *args: Any) -> Any:
         """On SLURM's warning signal: save finished rows, then requeue (bounded by slurm.max_requeues)."""

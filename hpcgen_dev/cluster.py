@@ -13,7 +13,6 @@ import argparse
 import fcntl
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+
+from hpcgen import guard
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -229,17 +230,7 @@ def _alive(s: Path) -> dict[str, int]:
 
 def _kill(pids: set[int], timeout: float = 10) -> None:
     """SIGTERM, then SIGKILL what is still there after `timeout`."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        end = time.monotonic() + timeout
-        while (pids := {p for p in pids if _read_proc(p)}) and time.monotonic() < end:
-            time.sleep(0.2)
-        if not pids:
-            return
+    guard.kill(lambda: pids & set(guard.procs()), timeout)
 
 
 def _start(d: _Daemon, s: Path) -> None:
@@ -374,21 +365,15 @@ def down(state_dir: Path | str | None = None) -> None:
             if (found := _read_proc(pid)) and _matches(d, found[0]) and _is_ours(s, found[1]):
                 pids.add(pid)
         _kill(pids)
-        mine, pid = set(), os.getpid()  # ... then whatever else is ours: strays, steps, job processes
+        # ... then whatever else is ours (strays, steps, job processes), sparing this process and its parents
+        mine, pid, table = set(), os.getpid(), guard.procs()
         while pid > 1 and pid not in mine:
             mine.add(pid)
-            pid = _ppid(pid)
+            pid = table.get(pid, (0, 0))[0]
         conf = f"SLURM_CONF={s / 'etc' / 'slurm.conf'}\0"
         _kill({p for p, _, env in _procs()
                if p not in mine and (_is_ours(s, env) or (conf in env and "\0SLURM_JOB_ID=" in env))})
         shutil.rmtree(s, ignore_errors=True)
-
-
-def _ppid(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def status(state_dir: Path | str | None = None) -> str:

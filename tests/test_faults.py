@@ -106,9 +106,16 @@ def check_no_regeneration(before: dict[str, list[int]], after: dict[str, list[in
 
 
 def test_kill_9_worker_then_resume_and_corrupt_part(cluster, tiny_model, fault_data, reference, tmp_path):
+    import psutil
+
     run_dir = start(tmp_path, tiny_model, fault_data)
     wait_for(lambda: saved_rows(run_dir) >= 8, 600, "first saved rows")
-    kill_tree(attempt_records(run_dir)[-1]["pid"])
+    worker = psutil.Process(attempt_records(run_dir)[-1]["pid"])
+    engine = worker.children(recursive=True)  # vLLM's engine core (and hpcgen's guard)
+    assert engine
+    worker.kill()  # kill -9 of the worker process only: its guard takes the orphaned engine down with it
+    gone, alive = psutil.wait_procs(engine, timeout=30)
+    assert not alive, f"left behind after kill -9: {[p.cmdline() for p in alive]}"
     st = wait_for(lambda: (s := status_json(run_dir)["shards"][0])["state"] == "failed" and s, 120, "failed state")
     assert st["rows_done"] < ROWS and st["log"]
     before = parts(run_dir)

@@ -13,9 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from hpcgen.errors import ScoreError
+from hpcgen.metrics import maj_curve, pass_curve
 from hpcgen.score import (
-    _maj_curve,
-    _pass_curve,
     compute_score,
     format_table,
     gsm8k_extract,
@@ -148,7 +147,7 @@ def test_unknown_data_source_names_it_and_the_options():
 def test_pass_at_k_matches_closed_form():
     for n in range(1, 11):
         for c in range(n + 1):
-            curve = _pass_curve(n, c)
+            curve = pass_curve(n, c)
             assert len(curve) == n
             for k in range(1, n + 1):
                 exact = 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
@@ -163,7 +162,7 @@ def test_pass_at_k_known_values_and_large_n():
     assert pass_at_k(5, 2, 4) == 1.0  # n - c < k
     exact = 1 - Fraction(math.comb(1995, 1000), math.comb(2000, 1000))
     assert pass_at_k(2000, 5, 1000) == pytest.approx(float(exact), rel=1e-12)
-    assert _pass_curve(2000, 5)[999] == pytest.approx(float(exact), rel=1e-9)
+    assert pass_curve(2000, 5)[999] == pytest.approx(float(exact), rel=1e-9)
     for bad in ((4, 5, 1), (4, 1, 0), (4, 1, 5), (4, -1, 1)):
         with pytest.raises(ValueError):
             pass_at_k(*bad)
@@ -177,16 +176,16 @@ def test_maj_ties_go_to_first_appearing_answer():
     # k=2: "a" and "b" tie one vote each: "a" appeared first (correct). k=3: "b" leads (wrong).
     samples = [_s("a", 1.0), _s("b", 0.0), _s("b", 0.0), _s("a", 1.0)]
     # k=4: tie 2-2 again: "a" appeared first.
-    assert _maj_curve(samples) == [1.0, 1.0, 0.0, 1.0]
+    assert maj_curve(samples) == [1.0, 1.0, 0.0, 1.0]
     # The same votes in the other order: the wrong answer appears first and wins its ties.
     samples = [_s("b", 0.0), _s("a", 1.0), _s("a", 1.0), _s("b", 0.0)]
-    assert _maj_curve(samples) == [0.0, 0.0, 1.0, 0.0]
+    assert maj_curve(samples) == [0.0, 0.0, 1.0, 0.0]
 
 
 def test_maj_abstentions_do_not_vote():
     samples = [_s(None, 0.0), _s(None, 0.0), _s("x", 1.0), _s(None, 0.0)]
-    assert _maj_curve(samples) == [0.0, 0.0, 1.0, 1.0]
-    assert _maj_curve([_s(None, 0.0)] * 3) == [0.0, 0.0, 0.0]
+    assert maj_curve(samples) == [0.0, 0.0, 1.0, 1.0]
+    assert maj_curve([_s(None, 0.0)] * 3) == [0.0, 0.0, 0.0]
 
 
 # ----------------------------------------------------------------------------------------- end to end

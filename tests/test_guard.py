@@ -1,0 +1,59 @@
+"""hpcgen.guard without SLURM: what a SIGKILLed task started does not outlive it; a normal end stops the guard."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from helpers import REPO
+
+from hpcgen import guard
+
+TASK = """
+import subprocess, sys, time
+from hpcgen import guard
+with guard.guarded():
+    engine = subprocess.Popen(["sleep", "{secs}"])  # stands for vLLM's engine core process
+    print(engine.pid, flush=True)
+    time.sleep({hold})
+"""
+
+
+def _alive(pid: int) -> bool:
+    return pid in guard.procs()
+
+
+def _task(secs: int, hold: float) -> tuple[subprocess.Popen, int]:
+    task = subprocess.Popen([sys.executable, "-c", TASK.format(secs=secs, hold=hold)], stdout=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    return task, int(task.stdout.readline())
+
+
+def test_sigkilled_task_leaves_nothing_behind():
+    task, engine = _task(311, 300)
+    time.sleep(1.5)  # the guard has seen the engine
+    guards = [p for p in guard.tree(task.pid) if p != engine]
+    assert _alive(engine) and len(guards) == 1
+    task.kill()
+    task.wait()
+    deadline = time.monotonic() + 10
+    while (_alive(engine) or _alive(guards[0])) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(engine), "the orphaned engine survived its task"
+    assert not _alive(guards[0]), "the guard outlived its task"
+
+
+def test_normal_end_stops_the_guard_and_leaves_the_task_s_children_alone():
+    task, engine = _task(312, 2)
+    guards = [p for p in guard.tree(task.pid) if p != engine]
+    assert task.wait(30) == 0
+    assert not any(_alive(p) for p in guards)
+    # the engine was not the guard's to kill on a normal end (its owner shuts it down)
+    assert _alive(engine)
+    subprocess.run(["kill", str(engine)], check=False)
+
+
+def test_usage_error():
+    res = subprocess.run([sys.executable, "-m", "hpcgen.guard"], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 2 and "usage" in res.stderr
