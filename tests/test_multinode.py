@@ -74,13 +74,13 @@ def small_data(tmp_path):
 @slurm
 @pytest.mark.vllm
 def test_tp2_across_two_nodes_generates_and_merges(cluster, tiny_model, small_data, tmp_path):
-    """mp backend: the head builds TP 2 over nnodes=2, n2 runs vLLM's headless worker (TP rank 1)."""
-    job = write_job(tmp_path / "job.yaml", data=small_data(6), model=tiny_model, **TWO_NODES,
-                    rollout={"tensor_model_parallel_size": 2, "response_length": 8},
-                    sharding={"num_shards": 2, "shards_per_task": 2})
+    """The 2-node demo job (mp backend): the head builds TP 2 over nnodes=2, n2 runs vLLM's headless worker
+    (TP rank 1)."""
     run_dir = tmp_path / "run"
     t0 = time.monotonic()
-    res = hpcgen("submit", str(job), "data.n_samples=1", "--run-dir", str(run_dir), "--wait", timeout=900)
+    res = hpcgen("submit", str(REPO / "jobs" / "demo-2node.yaml"), f"data.path={small_data(6)}",
+                 f"model.path={tiny_model}", f"data.output_path={tmp_path / 'out.parquet'}", "data.n_samples=1",
+                 "rollout.response_length=8", "--run-dir", str(run_dir), "--wait", timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     jid = json.loads((run_dir / "submissions" / "0001.json").read_text())["arrays"][0]
     done_s, cleanup_s = time.monotonic() - t0, wait_gone(jid, 120, str(run_dir))
