@@ -244,12 +244,15 @@ class ShardTask(submitit.helpers.Checkpointable):
         if spec.multi_node:  # every node of the job runs this; the head processes the shards
             from hpcgen.multinode import run_multinode
 
-            return run_multinode(Path(run_dir), shard_ids, spec, functools.partial(
+            result = run_multinode(Path(run_dir), shard_ids, spec, functools.partial(
                 run_shards, Path(run_dir), shard_ids, task=self))
-        from hpcgen import guard
+        else:
+            from hpcgen import guard
 
-        with guard.guarded():  # a SIGKILLed task leaves no vLLM engine behind, whatever the proctrack plugin
-            return run_shards(Path(run_dir), shard_ids, task=self, engine_factory=engine_factory)
+            with guard.guarded():  # a SIGKILLed task leaves no vLLM engine behind, whatever the proctrack plugin
+                result = run_shards(Path(run_dir), shard_ids, task=self, engine_factory=engine_factory)
+        _ignore_late_warning()
+        return result
 
     def checkpoint(self, run_dir: str, shard_ids: list[int], *args: Any) -> Any:
         """On SLURM's warning signal: save finished rows, then requeue (bounded by slurm.max_requeues)."""
@@ -263,6 +266,13 @@ class ShardTask(submitit.helpers.Checkpointable):
             log.error(self.stop_reason)
             return None
         return submitit.helpers.DelayedSubmission(ShardTask(), run_dir, shard_ids)
+
+
+def _ignore_late_warning() -> None:
+    """The work is done: a time-limit warning (USR2) that lands while the process exits (vLLM's shutdown can
+    take seconds) must not make submitit requeue a finished task."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 class Terminated(BaseException):

@@ -98,3 +98,21 @@ def test_read_prompts_only_the_shard(tmp_path, small_dataset, fake_model):
     assert [r for r, _ in rows] == list(range(s, e))
     full = pq.read_table(small_dataset, columns=["prompt"]).column(0).to_pylist()
     assert [v for _, v in rows] == full[s:e]
+
+
+def test_finished_task_ignores_a_late_time_limit_warning(tmp_path, small_dataset, fake_model):
+    """USR2 landing while a finished task exits must not make submitit requeue it (seen on a quiet machine:
+    a shard done in 65 s, the warning 1 s later, during vLLM's shutdown)."""
+    import signal
+
+    from hpcgen.worker import ShardTask
+
+    run = make_run(tmp_path, small_dataset, fake_model)
+    before = signal.getsignal(signal.SIGUSR2)
+    try:
+        out = ShardTask()(str(run.root), [0, 1, 2], engine_factory=FakeEngine)
+        assert sorted(run.list_done()) == [0, 1, 2] and out["shards"][0]["generated"] == 33
+        assert signal.getsignal(signal.SIGUSR2) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
