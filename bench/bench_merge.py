@@ -169,7 +169,7 @@ def child_baseline(run_dir: Path, out: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hpcgen.plan import load_manifest
+    from hpcgen.layout import load_manifest
 
     floor = warm_floor(run_dir, out)
     t = time.perf_counter()

@@ -29,7 +29,7 @@ JOB_NAME = "hpcgen-bench-status"
 
 
 def child(run_dir: Path) -> None:
-    from hpcgen.plan import load_manifest
+    from hpcgen.layout import load_manifest
     from hpcgen.state import collect
 
     t0 = time.perf_counter()

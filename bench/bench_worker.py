@@ -72,7 +72,8 @@ def child_hpcgen(run_dir: Path) -> None:
 def build_bare(run_dir: Path) -> tuple:
     """The bare script's engine: ``vllm.LLM`` with hpcgen's exact engine kwargs (and CPU adjustments)."""
     from hpcgen.engine import cpu_build_adjustments, engine_kwargs
-    from hpcgen.plan import load_manifest, spec_from_manifest
+    from hpcgen.layout import load_manifest
+    from hpcgen.plan import spec_from_manifest
 
     manifest = load_manifest(run_dir)
     spec = spec_from_manifest(manifest)
@@ -207,7 +208,8 @@ def main() -> None:
         return
 
     from hpcgen.advice import perf_file, record_measurement
-    from hpcgen.plan import load_manifest, spec_from_manifest
+    from hpcgen.layout import load_manifest
+    from hpcgen.plan import spec_from_manifest
     from hpcgen_dev.datasets import make_dataset
 
     root = common.fresh_dir("worker")

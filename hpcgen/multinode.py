@@ -212,7 +212,8 @@ def _headless(run_dir: str, rank: int, addr: str, port: int) -> None:
     from vllm.usage.usage_lib import UsageContext
     from vllm.v1.executor.multiproc_executor import MultiprocExecutor
 
-    from hpcgen.plan import load_manifest, spec_from_manifest
+    from hpcgen.layout import load_manifest
+    from hpcgen.plan import spec_from_manifest
 
     spec = spec_from_manifest(load_manifest(Path(run_dir)))
     for key, value in spec.env.items():

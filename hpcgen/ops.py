@@ -15,13 +15,12 @@ from hpcgen import atomic
 from hpcgen.config import load_job
 from hpcgen.errors import RunDirError, ShardFailedError, UserError
 from hpcgen.launch import Submission, annotate_submission, cancel_jobs, dry_run_text, submit_groups
-from hpcgen.layout import RunLayout
+from hpcgen.layout import RunLayout, load_manifest
 from hpcgen.merge import compact_ranges, verify_done
 from hpcgen.plan import (
     Plan,
     create_run_dir,
     inspect_dataset,
-    load_manifest,
     make_plan,
     model_fingerprint,
     spec_from_manifest,

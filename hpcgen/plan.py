@@ -21,7 +21,7 @@ from typing import Any
 from hpcgen import atomic
 from hpcgen.config import JobSpec, expand_path
 from hpcgen.errors import DatasetError, ModelError, RunDirError
-from hpcgen.layout import FORMAT, RunLayout, check_writable, load_manifest  # noqa: F401 - re-exported
+from hpcgen.layout import FORMAT, RunLayout, check_writable
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")

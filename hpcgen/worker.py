@@ -27,8 +27,8 @@ import submitit
 
 from hpcgen import atomic
 from hpcgen.config import JobSpec
-from hpcgen.layout import PartName, RunLayout, part_tag
-from hpcgen.plan import load_manifest, spec_from_manifest
+from hpcgen.layout import PartName, RunLayout, load_manifest, part_tag
+from hpcgen.plan import spec_from_manifest
 
 log = logging.getLogger("hpcgen.worker")
 
