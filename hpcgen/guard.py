@@ -51,13 +51,16 @@ def session(sid: int) -> set[int]:
     return _no_tracker({p for p, (_, s) in procs().items() if s == sid and p != os.getpid()})
 
 
-def tree(root: int) -> set[int]:
-    """``root``'s descendants (e.g. vLLM's engine and workers), resource trackers aside."""
-    table, todo, found = procs(), [root], set[int]()
+def tree(root: int, table: dict[int, tuple[int, int]] | None = None) -> set[int]:
+    """``root``'s descendants (e.g. vLLM's engine and workers), resource trackers aside; ``table`` is a
+    :func:`procs` scan the caller already made."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in (procs() if table is None else table).items():
+        children.setdefault(ppid, []).append(pid)
+    todo, found = [root], set[int]()
     while todo:
-        parent = todo.pop()
-        kids = {p for p, (pp, _) in table.items() if pp == parent} - found
-        found |= kids
+        kids = [k for k in children.get(todo.pop(), ()) if k not in found]
+        found.update(kids)
         todo += kids
     return _no_tracker(found)
 
@@ -91,8 +94,8 @@ def supervise(parent: int, record: Path | None, cmd: list[str]) -> int:
     child, mine, orphans = subprocess.Popen(cmd) if cmd else None, os.getsid(0), set[int]()
     try:
         while (child is None or child.poll() is None) and os.getppid() == parent:
-            table = procs()
-            orphans = {p for p in tree(parent) if table.get(p, (0, mine))[1] != mine}
+            table = procs()  # one /proc scan per round
+            orphans = {p for p in tree(parent, table) if table[p][1] != mine}
             time.sleep(POLL_S)
         if os.getppid() != parent:
             if record is not None:

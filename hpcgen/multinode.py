@@ -12,9 +12,8 @@ The head publishes its address and a free port; the others wait for it (bounded)
 
 Helpers run under a guard (:mod:`hpcgen.guard`) in their own session, which kills the whole session when the
 task ends or dies (even by SIGKILL: proctrack/linuxproc loses orphans) and then marks the node failed. The head
-has a guard of its own for its in-process vLLM engine. A watchdog on the head
-fails the task, naming the node, when another node fails or stops beating; the others leave when the head is
-done, failed or silent.
+has a guard of its own for its in-process vLLM engine. A watchdog on the head fails the task, naming the node,
+when another node fails or stops beating; the others leave when the head is done, failed or silent.
 """
 
 from __future__ import annotations
@@ -141,8 +140,6 @@ class Rendezvous:
 
     def record_failure(self, shard_ids: list[int], error: str) -> None:
         """Make ``status`` show ``error`` for this attempt of every shard the task did not finish."""
-        from hpcgen.layout import RunLayout
-
         layout = RunLayout(self.run_dir)
         for shard in (s for s in shard_ids if not layout.done(s).exists()):
             path = layout.attempt(shard, self.job)

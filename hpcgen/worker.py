@@ -43,6 +43,11 @@ PART_SCHEMA = pa.schema([
 ])
 
 
+def restart_count() -> int:
+    """How many times SLURM has requeued this job (preemption, ``scontrol requeue``, time-limit requeues)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+
+
 def job_id() -> str:
     """``<array>_<index>`` (or the job id) plus SLURM's restart count, so each requeue is its own attempt."""
     env = os.environ
@@ -55,7 +60,7 @@ def job_id() -> str:
             jid = str(submitit.JobEnvironment().job_id)
         except RuntimeError:
             jid = f"pid{os.getpid()}"
-    return f"{jid}.r{env.get('SLURM_RESTART_COUNT', '0')}"
+    return f"{jid}.r{restart_count()}"
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -259,7 +264,7 @@ class ShardTask(submitit.helpers.Checkpointable):
         if self._writer is not None:
             self._writer.flush()
         spec = spec_from_manifest(load_manifest(Path(run_dir)))
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        restarts = restart_count()
         if restarts >= spec.slurm.max_requeues:
             self.stop_reason = (f"not requeued: {restarts} requeues already (slurm.max_requeues="
                                 f"{spec.slurm.max_requeues}); finished rows were saved, 'hpcgen resume' continues")
@@ -302,7 +307,7 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
         os.environ.setdefault(key, value)
     pa.Table.from_pylist([], schema=PART_SCHEMA)  # pays pyarrow's lazy imports now, not mid-generation
     jid = job_id()
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    restarts = restart_count()
     if restarts > spec.slurm.max_requeues:  # requeued by SLURM itself (preemption) too often
         reason = f"requeued {restarts} times, over slurm.max_requeues={spec.slurm.max_requeues}; 'hpcgen resume' continues"
         for shard in shard_ids:
