@@ -91,6 +91,10 @@ def supervise(parent: int, record: Path | None, cmd: list[str]) -> int:
     runs ``cmd`` if given and keeps the list of the parent's other descendants. When ``cmd`` ends or SIGTERM
     comes, kills its own session; when the parent dies, also kills the orphans and marks ``record`` failed."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if cmd:  # Ray's raylet aborts when stopped after its GCS: no 160 MB core file in the user's directory
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
     child, mine, orphans = subprocess.Popen(cmd) if cmd else None, os.getsid(0), set[int]()
     try:
         while (child is None or child.poll() is None) and os.getppid() == parent:

@@ -57,3 +57,11 @@ def test_normal_end_stops_the_guard_and_leaves_the_task_s_children_alone():
 def test_usage_error():
     res = subprocess.run([sys.executable, "-m", "hpcgen.guard"], capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 2 and "usage" in res.stderr
+
+
+def test_helpers_leave_no_core_files(tmp_path):
+    """A helper run under a guard (Ray, vLLM's headless workers) dumps no core into the working directory."""
+    out = tmp_path / "out.log"
+    g = guard.spawn(out, ["sh", "-c", "ulimit -c"])
+    assert g.wait(30) == 0
+    assert out.read_text().strip() == "0"
