@@ -170,11 +170,13 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
         total = end - start
         jid = jobs.get(i)
         n_att = len(attempts.get(i, []))
-        if i in done:
+        state = "done" if i in done else _open_state(jid, executor, states, i, attempts.get(i, []))
+        if state in ("failed", "cancelled") and layout.done(i).exists():  # the task finished after the listing
+            state = "done"
+        if state == "done":
             out.append(ShardState(i, "done", total, total, jid, n_att))
             continue
         rows = min(total, sum(p.rows for p in parts.get(i, [])))
-        state = _open_state(jid, executor, states, i, attempts.get(i, []))
         s = ShardState(i, state, rows, total, jid, n_att)
         if state in ("failed", "cancelled"):
             lp = log_path(layout, jid)

@@ -42,3 +42,23 @@ def test_sacct_pending_ranges_are_expanded(tmp_path, monkeypatch):
     states = sacct_states(["12_0", "12_4"])
     assert states == {"12_3": "PENDING", "12_4": "PENDING", "12_5": "PENDING", "12_0": "RUNNING",
                       "12_1": "COMPLETED", "12_2": "CANCELLED"}
+
+
+def test_task_finishing_between_listing_and_sacct_is_done_not_failed(tmp_path, fake_model, monkeypatch):
+    """Files are listed first, sacct asked second: a task that writes its done marker and exits in between
+    is COMPLETED for sacct with no marker in the listing; it must read as done (``submit --wait`` would
+    otherwise report a failure)."""
+    from hpcgen import state
+
+    pq.write_table(pa.table({"prompt": ["a", "b"]}), tmp_path / "in.parquet")
+    run = make_run(tmp_path, tmp_path / "in.parquet", fake_model, "sharding.num_shards=1")
+    (run.submissions_dir / "0001.json").write_text(json.dumps(
+        {"seq": 1, "kind": "submit", "executor": "slurm", "time": 0, "jobs": {"0": "7_0"}}))
+
+    def sacct_after_the_task_finished(jobs):
+        run_shards(run.root, [0], engine_factory=FakeEngine)
+        return {"7_0": "COMPLETED"}
+
+    monkeypatch.setattr(state, "sacct_states", sacct_after_the_task_finished)
+    st = collect(run.root, load_manifest(run.root))
+    assert [s.state for s in st.shards] == ["done"] and st.rows_done == 2 and st.complete
