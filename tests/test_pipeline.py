@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -53,8 +54,14 @@ def test_merge_and_score_chained_after_the_array(slurm_run):
     assert last["chain"]["state"] == "done", last["chain"]
     sub = json.loads((slurm_run["run_dir"] / "submissions" / "0001.json").read_text())
     assert sub["chain_job"] == last["chain"]["job_id"]
-    deps = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobName,State", "-j", sub["chain_job"]],
-                          capture_output=True, text=True).stdout
+    # status says done as soon as scores.json exists (files are the truth); the job itself ends a moment later
+    deadline = time.time() + 120
+    while True:
+        deps = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobName,State", "-j", sub["chain_job"]],
+                              capture_output=True, text=True).stdout
+        if not re.search(r"\|(RUNNING|COMPLETING|PENDING)", deps) or time.time() > deadline:
+            break
+        time.sleep(2)
     assert "hpcgen-merge|COMPLETED" in deps
     scores = json.loads((slurm_run["run_dir"] / "scores.json").read_text())
     assert scores["overall"]["rows"] == 100 and scores["overall"]["errors"] == 1
