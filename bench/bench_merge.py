@@ -1,5 +1,5 @@
 """Merge at scale: 1,000,000 rows x 4 responses x ~200 characters in 100 shards (parts of 256 rows, the
-default checkpoint size, with real done markers), ``hpcgen.merge.merge_run`` against a plain pyarrow
+default checkpoint size, with real done markers), ``hpcgen.login.merge.merge_run`` against a plain pyarrow
 baseline (read all parts, concatenate, sort by row id, put next to the input columns, write one parquet).
 
 Figures: baseline_time / hpcgen_time (goal >= 0.9), peak RSS of each (own subprocess, wait4), and hpcgen's
@@ -53,7 +53,7 @@ def part_table(rng, corpus: bytes, first: int, n: int):
     import numpy as np
     import pyarrow as pa
 
-    from hpcgen.worker import PART_SCHEMA
+    from hpcgen.rundir.parts import PART_SCHEMA
 
     lengths = rng.integers(150, 251, size=n * N_SAMPLES)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
@@ -78,9 +78,9 @@ def build(rows: int, shards: int) -> Path:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from hpcgen.config import load_job
-    from hpcgen.plan import create_run_dir, make_plan
-    from hpcgen.worker import write_done
+    from hpcgen.login.plan import create_run_dir, make_plan
+    from hpcgen.rundir.parts import write_done
+    from hpcgen.spec.loader import load_job
 
     root = common.BENCH_DIR / f"merge-{rows}-{shards}"
     stamp = root / "complete"
@@ -156,7 +156,7 @@ def warm_floor(run_dir: Path, out: Path) -> float:
 
 
 def child_hpcgen(run_dir: Path, out: Path) -> None:
-    from hpcgen.merge import merge_run
+    from hpcgen.login.merge import merge_run
 
     floor = warm_floor(run_dir, out)
     t = time.perf_counter()
@@ -169,7 +169,7 @@ def child_baseline(run_dir: Path, out: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hpcgen.layout import load_manifest
+    from hpcgen.rundir.manifest import load_manifest
 
     floor = warm_floor(run_dir, out)
     t = time.perf_counter()

@@ -29,9 +29,9 @@ JOB_NAME = "hpcgen-bench-plan"
 def child(run_dir: Path, data: dict) -> None:
     import pyarrow.parquet  # noqa: F401  (make_plan imports it: counted with the imports, not the plan)
 
-    from hpcgen.config import load_job
-    from hpcgen.launch import submit_groups
-    from hpcgen.plan import create_run_dir, make_plan
+    from hpcgen.login.launch import submit_groups
+    from hpcgen.login.plan import create_run_dir, make_plan
+    from hpcgen.spec.loader import load_job
 
     out: dict = {"rss_imports_mb": common.vmhwm_mb()}
     spec = load_job(None, [], data=data)

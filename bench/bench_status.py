@@ -2,7 +2,7 @@
 nothing) whose submission record points at real, held-then-cancelled arrays on the throwaway cluster, so
 ``collect`` really asks sacct.
 
-Figures: seconds for ``hpcgen.state.collect`` and for ``hpcgen status RUN --json`` (goal < 1 s each), and
+Figures: seconds for ``hpcgen.login.state.collect`` and for ``hpcgen status RUN --json`` (goal < 1 s each), and
 sacct calls per status (goal <= 1, counted by a PATH shim).
 
 Part files are hard links to one tiny real part (PART_SCHEMA): status lists names, it never reads parts.
@@ -29,8 +29,8 @@ JOB_NAME = "hpcgen-bench-status"
 
 
 def child(run_dir: Path) -> None:
-    from hpcgen.layout import load_manifest
-    from hpcgen.state import collect
+    from hpcgen.login.state import collect
+    from hpcgen.rundir.manifest import load_manifest
 
     t0 = time.perf_counter()
     manifest = load_manifest(run_dir)
@@ -60,11 +60,11 @@ def build_run(root: Path, shards: int) -> tuple[Path, list[str]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hpcgen import atomic
-    from hpcgen.config import load_job
-    from hpcgen.launch import Submission, max_array_size
-    from hpcgen.plan import create_run_dir, make_plan
-    from hpcgen.worker import PART_SCHEMA
+    from hpcgen.login.launch import Submission, max_array_size
+    from hpcgen.login.plan import create_run_dir, make_plan
+    from hpcgen.rundir import atomic
+    from hpcgen.rundir.parts import PART_SCHEMA
+    from hpcgen.spec.loader import load_job
 
     data = {"defaults": ["model/tiny", "cluster/dev"],
             "data": {"path": str(common.big_prompt_parquet()), "n_samples": 4},

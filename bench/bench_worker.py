@@ -37,8 +37,8 @@ def job_data(dataset: Path, model: Path, every_rows: int) -> dict:
 
 
 def new_run(data: dict, root: Path) -> Path:
-    from hpcgen.config import load_job
-    from hpcgen.plan import create_run_dir, make_plan
+    from hpcgen.login.plan import create_run_dir, make_plan
+    from hpcgen.spec.loader import load_job
 
     spec = load_job(None, [], data=data)
     plan = make_plan(spec, job_file=None, overrides=[])
@@ -49,8 +49,8 @@ def new_run(data: dict, root: Path) -> Path:
 
 
 def child_hpcgen(run_dir: Path) -> None:
-    from hpcgen.engine import Engine
-    from hpcgen.worker import run_shards
+    from hpcgen.task.engine import Engine
+    from hpcgen.task.worker import run_shards
 
     build = {}
 
@@ -71,9 +71,8 @@ def child_hpcgen(run_dir: Path) -> None:
 
 def build_bare(run_dir: Path) -> tuple:
     """The bare script's engine: ``vllm.LLM`` with hpcgen's exact engine kwargs (and CPU adjustments)."""
-    from hpcgen.engine import cpu_build_adjustments, engine_kwargs
-    from hpcgen.layout import load_manifest
-    from hpcgen.plan import spec_from_manifest
+    from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
+    from hpcgen.task.engine import cpu_build_adjustments, engine_kwargs
 
     manifest = load_manifest(run_dir)
     spec = spec_from_manifest(manifest)
@@ -97,7 +96,7 @@ def bare_phase(llm, spec, manifest: dict, out: Path) -> float:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from hpcgen.engine import row_seed
+    from hpcgen.task.engine import row_seed
 
     t0 = time.perf_counter()
     tok = llm.get_tokenizer()
@@ -132,8 +131,8 @@ def child_bare(run_dir: Path, out: Path) -> None:
 def child_ab(order: str, run_dirs: list[Path], out: Path) -> None:
     """Cross-check with less noise: ONE engine, generation phases alternated in one process (prefix cache
     reset before each), so both kinds see the same engine and nearly the same machine load."""
-    from hpcgen.engine import Engine
-    from hpcgen.worker import run_shards
+    from hpcgen.task.engine import Engine
+    from hpcgen.task.worker import run_shards
 
     llm, spec, manifest, _ = build_bare(run_dirs[0])
     times: dict[str, list[float]] = {"bare": [], "hpcgen": []}
@@ -166,9 +165,9 @@ def advice_demo(spec_data: dict, root: Path) -> None:
     """The measured values close the loop: ``hpcgen submit --dry-run`` on a sample job prints them."""
     import yaml
 
-    from hpcgen.advice import measured, sizing_advice
-    from hpcgen.config import load_job
-    from hpcgen.plan import make_plan
+    from hpcgen.login.advice import measured, sizing_advice
+    from hpcgen.login.plan import make_plan
+    from hpcgen.spec.loader import load_job
 
     job = dict(spec_data, sharding={"num_shards": 4})
     job_file = root / "sample-job.yaml"
@@ -207,9 +206,8 @@ def main() -> None:
             child_ab(a.child[1], [Path(x) for x in a.child[3:]], Path(a.child[2]))
         return
 
-    from hpcgen.advice import perf_file, record_measurement
-    from hpcgen.layout import load_manifest
-    from hpcgen.plan import spec_from_manifest
+    from hpcgen.login.advice import perf_file, record_measurement
+    from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
     from hpcgen_dev.datasets import make_dataset
 
     root = common.fresh_dir("worker")
@@ -285,7 +283,7 @@ def ab_cross_check(order: str, data: dict, root: Path, env: dict[str, str]) -> N
 
 def load_job_env(data: dict) -> dict[str, str]:
     """The job's env (cluster/dev preset), given to both children alike."""
-    from hpcgen.config import load_job
+    from hpcgen.spec.loader import load_job
 
     return dict(load_job(None, [], data=data).env)
 

@@ -177,7 +177,7 @@ def big_prompt_parquet(rows: int = 10_000_000, row_group: int = 100_000) -> Path
 
 def part_name(shard: int, seq: int, rows: int, tag: str = "bench0") -> Any:
     """A PartName whatever its current shape (attempt-tagged names or not)."""
-    from hpcgen.layout import PartName
+    from hpcgen.rundir.layout import PartName
 
     try:
         return PartName(shard, seq, rows, tag)  # type: ignore[call-arg]

@@ -44,7 +44,7 @@ def _summary_line(state: Any) -> str:
 
 
 def cmd_submit(a: argparse.Namespace) -> int:
-    from hpcgen import ops
+    from hpcgen.login import ops
 
     res = ops.submit(Path(a.job), a.overrides, run_dir=Path(a.run_dir) if a.run_dir else None,
                      executor=a.executor, dry_run=a.dry_run)
@@ -53,7 +53,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
     _err(f"plan: {p.dataset.rows} rows of {p.dataset.path} -> {len(p.shards)} shards "
          f"({min(sizes)}-{max(sizes)} rows), {len(p.tasks)} tasks, n_samples={p.spec.data.n_samples}")
     if res.dry_run is not None:
-        from hpcgen.advice import sizing_advice
+        from hpcgen.login.advice import sizing_advice
 
         for line in sizing_advice(p.spec, sizes):
             _err(line)
@@ -72,7 +72,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
 
 
 def _wait(run_dir: Path) -> None:
-    from hpcgen import ops
+    from hpcgen.login import ops
 
     last = [""]
 
@@ -86,8 +86,8 @@ def _wait(run_dir: Path) -> None:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from hpcgen.layout import load_manifest
-    from hpcgen.state import collect
+    from hpcgen.login.state import collect
+    from hpcgen.rundir.manifest import load_manifest
 
     state = collect(Path(a.run_dir), load_manifest(Path(a.run_dir)))
     if a.json:
@@ -118,7 +118,7 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_resume(a: argparse.Namespace) -> int:
-    from hpcgen import ops
+    from hpcgen.login import ops
 
     sub, state, bad = ops.resume(Path(a.run_dir))
     if bad:
@@ -134,7 +134,7 @@ def cmd_resume(a: argparse.Namespace) -> int:
 
 
 def cmd_merge(a: argparse.Namespace) -> int:
-    from hpcgen.merge import merge_run
+    from hpcgen.login.merge import merge_run
 
     res = merge_run(Path(a.run_dir), output=Path(a.output) if a.output else None,
                     allow_partial=a.allow_partial, metadata=False if a.no_metadata else None)
@@ -147,7 +147,7 @@ def cmd_merge(a: argparse.Namespace) -> int:
 
 
 def cmd_cancel(a: argparse.Namespace) -> int:
-    from hpcgen import ops
+    from hpcgen.login import ops
 
     n = ops.cancel(Path(a.run_dir))
     _err(f"cancelled {n} job(s); 'hpcgen resume {a.run_dir}' continues the run")
@@ -155,7 +155,7 @@ def cmd_cancel(a: argparse.Namespace) -> int:
 
 
 def cmd_score(a: argparse.Namespace) -> int:
-    from hpcgen.scoring_cli import run_score
+    from hpcgen.scoring.command import run_score
 
     report, table = run_score(a)
     if a.json:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from hpcgen import guard
+from hpcgen.task import guard
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

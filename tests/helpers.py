@@ -47,7 +47,7 @@ def status_json(run_dir: Path) -> dict[str, Any]:
 
 
 class FakeEngine:
-    """Stands in for hpcgen.engine.Engine in fast unit tests: deterministic text per (row, sample)."""
+    """Stands in for hpcgen.task.engine.Engine in fast unit tests: deterministic text per (row, sample)."""
 
     def __init__(self, spec: Any, model_path: str, *, per_step: int = 3, fail_rows: tuple[int, ...] = ()):
         self.spec, self.per_step, self.fail_rows = spec, per_step, fail_rows
@@ -55,7 +55,7 @@ class FakeEngine:
         self.added: list[int] = []
 
     def encode(self, prompt: Any) -> tuple[list[int], bool]:
-        from hpcgen.engine import PromptError, normalize_messages
+        from hpcgen.task.engine import PromptError, normalize_messages
 
         msgs = normalize_messages(prompt)
         ids = list(range(sum(len(m["content"]) for m in msgs) % 50 + 1))
@@ -64,7 +64,7 @@ class FakeEngine:
         return ids, False
 
     def add(self, row_id: int, ids: list[int]) -> None:
-        from hpcgen.engine import PromptError
+        from hpcgen.task.engine import PromptError
 
         if row_id in self.fail_rows:
             raise PromptError(f"row {row_id} rejected by the engine")
@@ -75,7 +75,7 @@ class FakeEngine:
         return bool(self.queue)
 
     def step(self) -> list[Any]:
-        from hpcgen.engine import Finished
+        from hpcgen.task.engine import Finished
 
         n = self.spec.data.n_samples
         done, self.queue = self.queue[: self.per_step], self.queue[self.per_step:]
@@ -84,8 +84,8 @@ class FakeEngine:
 
 def make_run(tmp_path: Path, dataset: Path, model: Path, *overrides: str) -> Any:
     """A planned run directory (no jobs queued) for fast worker/merge tests."""
-    from hpcgen.config import load_job
-    from hpcgen.plan import create_run_dir, make_plan
+    from hpcgen.login.plan import create_run_dir, make_plan
+    from hpcgen.spec.loader import load_job
 
     data = {"data": {"path": str(dataset), "n_samples": 2}, "model": {"path": str(model)},
             "sharding": {"num_shards": 3}, "checkpoint": {"every_rows": 4}}

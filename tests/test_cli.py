@@ -140,8 +140,8 @@ def test_commands_on_a_directory_that_is_not_a_run(env):
 
 
 def test_status_json_is_valid_on_error_free_run(env):
-    from hpcgen.config import load_job
-    from hpcgen.plan import create_run_dir, make_plan
+    from hpcgen.login.plan import create_run_dir, make_plan
+    from hpcgen.spec.loader import load_job
 
     spec = load_job(job_file(env))
     plan = make_plan(spec, job_file=None, overrides=[])
@@ -158,8 +158,8 @@ def test_help_is_fast_and_imports_no_engine():
     res = subprocess.run([str(REPO / ".venv/bin/hpcgen"), "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "submit" in res.stdout
     assert time.perf_counter() - t0 < 1.0
-    code = ("import sys, hpcgen.cli, hpcgen.ops, hpcgen.state, hpcgen.merge, hpcgen.launch, hpcgen.score, "
-            "hpcgen.scoring_cli; bad = [m for m in ('torch', 'vllm', 'transformers') if m in sys.modules]; "
+    code = ("import sys, hpcgen.cli, hpcgen.login.ops, hpcgen.login.state, hpcgen.login.merge, hpcgen.login.launch, hpcgen.scoring.score, "
+            "hpcgen.scoring.command; bad = [m for m in ('torch', 'vllm', 'transformers') if m in sys.modules]; "
             "print(bad); sys.exit(bool(bad))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcgen.config import load_job, parse_overrides, time_minutes
 from hpcgen.errors import ConfigError
+from hpcgen.spec.loader import load_job, parse_overrides
+from hpcgen.spec.schema import time_minutes
 
 BASE = {"data": {"path": "d.parquet"}, "model": {"path": "m"}}
 

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from hpcgen.config import load_job
-from hpcgen.engine import Engine, PromptError, cpu_build_adjustments, engine_kwargs
+from hpcgen.spec.loader import load_job
+from hpcgen.task.engine import Engine, PromptError, cpu_build_adjustments, engine_kwargs
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import REPO, hpcgen, status_json, write_job
 
-from hpcgen import atomic
+from hpcgen.rundir import atomic
 
 pytestmark = [pytest.mark.slurm, pytest.mark.vllm]
 

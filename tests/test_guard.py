@@ -1,4 +1,4 @@
-"""hpcgen.guard without SLURM: what a SIGKILLed task started does not outlive it; a normal end stops the guard."""
+"""hpcgen.task.guard without SLURM: what a SIGKILLed task started does not outlive it; a normal end stops the guard."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import time
 
 from helpers import REPO
 
-from hpcgen import guard
+from hpcgen.task import guard
 
 TASK = """
 import subprocess, sys, time
-from hpcgen import guard
+from hpcgen.task import guard
 with guard.guarded():
     engine = subprocess.Popen(["sleep", "{secs}"])  # stands for vLLM's engine core process
     print(engine.pid, flush=True)
@@ -55,7 +55,7 @@ def test_normal_end_stops_the_guard_and_leaves_the_task_s_children_alone():
 
 
 def test_usage_error():
-    res = subprocess.run([sys.executable, "-m", "hpcgen.guard"], capture_output=True, text=True, cwd=REPO)
+    res = subprocess.run([sys.executable, "-m", "hpcgen.task.guard"], capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 2 and "usage" in res.stderr
 
 

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import FakeEngine, make_run
 
-from hpcgen import atomic
 from hpcgen.errors import IncompleteRunError, LockedError, RunDirError
-from hpcgen.merge import compact_ranges, merge_run
-from hpcgen.worker import run_shards
+from hpcgen.login.merge import compact_ranges, merge_run
+from hpcgen.rundir import atomic
+from hpcgen.task.worker import run_shards
 
 
 def test_merge_keeps_input_columns_and_order(tmp_path, small_dataset, fake_model):
@@ -95,7 +95,7 @@ def test_compact_ranges():
 def test_resume_invalidates_a_done_shard_whose_part_broke(tmp_path, small_dataset, fake_model):
     import json as _json
 
-    from hpcgen.ops import invalidate_bad_done
+    from hpcgen.login.ops import invalidate_bad_done
 
     run = make_run(tmp_path, small_dataset, fake_model)
     run_shards(run.root, [0, 1, 2], engine_factory=FakeEngine)

@@ -108,7 +108,7 @@ def test_ray_cluster_forms_over_both_nodes_and_leaves_nothing(cluster, tmp_path)
     need(importlib.util.find_spec("ray") is not None, "ray (pip install 'ray[default]')")
     import submitit
 
-    from hpcgen.multinode import ray_bootstrap_check
+    from hpcgen.task.multinode import ray_bootstrap_check
 
     ex = submitit.SlurmExecutor(folder=str(tmp_path / "logs" / "%j"), python=sys.executable)
     ex.update_parameters(nodes=2, ntasks_per_node=1, cpus_per_task=1, partition="gpu", time=10)
@@ -172,7 +172,7 @@ def test_supervisor_cleans_up_when_the_task_is_killed(tmp_path):
     dies by SIGKILL. Both are gone within seconds and the task's heartbeat file says it failed."""
     script = f"""
 import subprocess, sys, time
-from hpcgen.multinode import Rendezvous
+from hpcgen.task.multinode import Rendezvous
 rdv = Rendezvous({str(tmp_path)!r}, "7.r0", 0, ["n1", "n2"])
 helper = rdv.spawn(["sleep", "301"], "helper")
 guard = rdv.spawn([], "guard")

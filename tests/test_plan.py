@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hpcgen.errors import DatasetError, ModelError, RunDirError
-from hpcgen.plan import check_model, create_run_dir, inspect_dataset, shard_ranges, task_groups
+from hpcgen.login.plan import check_model, create_run_dir, inspect_dataset, shard_ranges, task_groups
 
 
 @pytest.mark.parametrize("rows, num, per", [(100, 4, None), (7, 3, None), (5, 10, None), (1000, None, 64),

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from hpcgen.errors import ScoreError
-from hpcgen.metrics import maj_curve, pass_curve
-from hpcgen.score import (
+from hpcgen.scoring.metrics import maj_curve, pass_curve
+from hpcgen.scoring.score import (
     compute_score,
     format_table,
     gsm8k_extract,
@@ -24,7 +24,7 @@ from hpcgen.score import (
     score_file,
     write_report,
 )
-from hpcgen.scorers import Sample
+from hpcgen.scoring.scorers import Sample
 
 GSM = "openai/gsm8k"
 MATH = "DigitalLearningGmbH/MATH-lighteval"

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from helpers import FakeEngine, hpcgen, make_run
 
-from hpcgen.layout import load_manifest
-from hpcgen.state import collect, sacct_states
-from hpcgen.worker import run_shards
+from hpcgen.login.state import collect, sacct_states
+from hpcgen.rundir.manifest import load_manifest
+from hpcgen.task.worker import run_shards
 
 
 def test_states_from_files_and_failed_shard_rendering(tmp_path, fake_model):
@@ -48,7 +48,7 @@ def test_task_finishing_between_listing_and_sacct_is_done_not_failed(tmp_path, f
     """Files are listed first, sacct asked second: a task that writes its done marker and exits in between
     is COMPLETED for sacct with no marker in the listing; it must read as done (``submit --wait`` would
     otherwise report a failure)."""
-    from hpcgen import state
+    from hpcgen.login import state
 
     pq.write_table(pa.table({"prompt": ["a", "b"]}), tmp_path / "in.parquet")
     run = make_run(tmp_path, tmp_path / "in.parquet", fake_model, "sharding.num_shards=1")

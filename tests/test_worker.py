@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import FakeEngine, make_run
 
-from hpcgen.engine import PromptError, normalize_messages, row_seed
-from hpcgen.worker import read_prompts, run_shards
+from hpcgen.task.engine import PromptError, normalize_messages, row_seed
+from hpcgen.task.worker import read_prompts, run_shards
 
 
 def test_shards_saved_in_parts_then_marked_done(tmp_path, small_dataset, fake_model):
@@ -105,7 +105,7 @@ def test_finished_task_ignores_a_late_time_limit_warning(tmp_path, small_dataset
     a shard done in 65 s, the warning 1 s later, during vLLM's shutdown)."""
     import signal
 
-    from hpcgen.worker import ShardTask
+    from hpcgen.task.worker import ShardTask
 
     run = make_run(tmp_path, small_dataset, fake_model)
     before = signal.getsignal(signal.SIGUSR2)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcgen import atomic
-from hpcgen.layout import RunLayout
+from hpcgen.rundir import atomic
+from hpcgen.rundir.layout import RunLayout
 
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED", "STAGE_OUT",
            "REQUEUE_FED", "REQUEUE_HOLD", "SIGNALING"}

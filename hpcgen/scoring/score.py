@@ -9,7 +9,7 @@ with ``ground_truth``), optionally ``extra_info`` (passed to custom scorers) and
 counts in ``rows`` (the denominator). Its ground truth is not looked at and its n does not count
 towards ``n``. In the per-sample output its ``scores`` are 0.0 for each response it has.
 
-**Metrics** (per data_source and overall; the scorers are described in :mod:`hpcgen.scorers`):
+**Metrics** (per data_source and overall; the scorers are described in :mod:`hpcgen.scoring.scorers`):
 
 * ``rows``, ``errors``; ``n`` = the smallest number of samples of a non-failed row (0 if none).
 * ``mean``: mean of each row's sample scores, then mean over rows (verl's main_eval).
@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcgen import atomic
 from hpcgen.errors import ScoreError
-from hpcgen.metrics import Accumulator, pass_at_k
-from hpcgen.scorers import (
+from hpcgen.rundir import atomic
+from hpcgen.scoring.metrics import Accumulator, pass_at_k
+from hpcgen.scoring.scorers import (
     CORRECT_THRESHOLD,
     BuiltinScorer,
     RowScorer,

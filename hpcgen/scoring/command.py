@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from hpcgen.errors import ScoreError
-from hpcgen.layout import RunLayout
+from hpcgen.rundir.layout import RunLayout
 
 
 def resolve_target(target: Path) -> tuple[Path, Path, dict[str, Any]]:
     """(merged file, default scores path, score settings) for a run directory or a file."""
     if target.is_dir():
-        from hpcgen.layout import load_manifest
+        from hpcgen.rundir.manifest import load_manifest
 
         manifest = load_manifest(target)
         layout = RunLayout(target)
@@ -27,7 +27,7 @@ def resolve_target(target: Path) -> tuple[Path, Path, dict[str, Any]]:
 
 
 def run_score(a: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    from hpcgen.score import format_table, score_file, write_report
+    from hpcgen.scoring.score import format_table, score_file, write_report
 
     merged, scores_path, settings = resolve_target(Path(a.target))
     custom_path, custom_name = settings.get("custom_path"), settings.get("custom_name") or "compute_score"

@@ -20,10 +20,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from hpcgen import atomic
-from hpcgen.errors import RunDirError, UserError
+from hpcgen.errors import UserError
 
 FORMAT = "hpcgen-run/1"
 
@@ -153,21 +151,6 @@ def _names(d: Path) -> list[str]:
         return [e.name for e in os.scandir(d)]
     except FileNotFoundError:
         return []
-
-
-def load_manifest(run_dir: Path) -> dict[str, Any]:
-    layout = RunLayout(run_dir)
-    if not layout.root.is_dir():
-        raise RunDirError(f"run directory {run_dir} does not exist")
-    try:
-        manifest = atomic.read_json(layout.manifest)
-    except FileNotFoundError:
-        raise RunDirError(f"{run_dir} is not an hpcgen run directory (no manifest.json)") from None
-    except (OSError, ValueError) as exc:
-        raise RunDirError(f"{layout.manifest} is unreadable: {exc}") from None
-    if manifest.get("format") != FORMAT:
-        raise RunDirError(f"{layout.manifest} has unknown format {manifest.get('format')!r}")
-    return manifest
 
 
 def check_writable(path: Path, key: str) -> None:

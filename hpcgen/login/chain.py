@@ -11,16 +11,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hpcgen.layout import RunLayout
+from hpcgen.rundir.layout import RunLayout
 
-log = logging.getLogger("hpcgen.chain")
+log = logging.getLogger("hpcgen.login.chain")
 
 
 def merge_and_score(run_dir: str) -> dict[str, Any]:
     """Runs inside the dependent job."""
-    from hpcgen.layout import load_manifest
-    from hpcgen.merge import merge_run
-    from hpcgen.score import score_file, write_report
+    from hpcgen.login.merge import merge_run
+    from hpcgen.rundir.manifest import load_manifest
+    from hpcgen.scoring.score import score_file, write_report
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     layout = RunLayout(Path(run_dir))

@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from hpcgen.config import JobSpec
+from hpcgen.spec.schema import JobSpec
 
-log = logging.getLogger("hpcgen.engine")
+log = logging.getLogger("hpcgen.task.engine")
 
 _ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 _SEED_MOD = 2**63 - 1

@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from hpcgen import atomic
-from hpcgen.config import JobSpec, time_minutes
 from hpcgen.errors import SchedulerError
-from hpcgen.layout import RunLayout
+from hpcgen.rundir import atomic
+from hpcgen.rundir.layout import RunLayout
+from hpcgen.spec.schema import JobSpec, time_minutes
 
 DEFAULT_MAX_ARRAY_SIZE = 1001
 
@@ -114,7 +114,7 @@ class Submission:
 def submit_groups(layout: RunLayout, spec: JobSpec, groups: list[list[int]], *, executor: str,
                   kind: str, extra: dict[str, Any] | None = None) -> Submission:
     """Queue one task per group (shards processed with one engine load) and record the submission."""
-    from hpcgen.worker import ShardTask
+    from hpcgen.task.worker import ShardTask
 
     ex = make_executor(executor, layout, spec)
     jobs: dict[int, str] = {}

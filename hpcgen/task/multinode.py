@@ -10,7 +10,7 @@ The head publishes its address and a free port; the others wait for it (bounded)
 - ``ray``: ``ray start --head --block`` on the head, ``ray start --address --block`` elsewhere; the head waits
   until every node's raylet is alive, then builds the engine with the Ray executor.
 
-Helpers run under a guard (:mod:`hpcgen.guard`) in their own session, which kills the whole session when the
+Helpers run under a guard (:mod:`hpcgen.task.guard`) in their own session, which kills the whole session when the
 task ends or dies (even by SIGKILL: proctrack/linuxproc loses orphans) and then marks the node failed. The head
 has a guard of its own for its in-process vLLM engine. A watchdog on the head fails the task, naming the node,
 when another node fails or stops beating; the others leave when the head is done, failed or silent.
@@ -34,10 +34,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hpcgen import atomic, guard
-from hpcgen.layout import RunLayout
+from hpcgen.rundir import atomic
+from hpcgen.rundir.layout import RunLayout
+from hpcgen.task import guard
 
-log = logging.getLogger("hpcgen.multinode")
+log = logging.getLogger("hpcgen.task.multinode")
 BEAT_S = 2.0
 ENDED = ("finishing", "done", "failed")  # head states after which helpers may stop
 
@@ -193,7 +194,7 @@ def mp_engine_kwargs(spec: Any, model_path: str, node_rank: int, addr: str, port
     """The head's ``vllm.LLM`` kwargs and the headless workers' ``EngineArgs``: equal but for node_rank."""
     from vllm.platforms import current_platform
 
-    from hpcgen.engine import cpu_build_adjustments, engine_kwargs
+    from hpcgen.task.engine import cpu_build_adjustments, engine_kwargs
 
     kwargs = engine_kwargs(spec, model_path)
     if current_platform.is_cpu():
@@ -209,8 +210,7 @@ def _headless(run_dir: str, rank: int, addr: str, port: int) -> None:
     from vllm.usage.usage_lib import UsageContext
     from vllm.v1.executor.multiproc_executor import MultiprocExecutor
 
-    from hpcgen.layout import load_manifest
-    from hpcgen.plan import spec_from_manifest
+    from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
 
     spec = spec_from_manifest(load_manifest(Path(run_dir)))
     for key, value in spec.env.items():
@@ -327,7 +327,7 @@ def _worker(rdv: Rendezvous, backend: str, join_s: float, ray_args: list[str]) -
         if stale:
             raise NodeFailure(f"head {rdv.name(0)} stopped responding (no heartbeat for {rdv.stale_s:.0f} s)")
         if backend == "mp" and rdv.helper is None and head.get("engine"):
-            rdv.helper = rdv.spawn([sys.executable, "-m", "hpcgen.multinode", "headless", str(rdv.run_dir),
+            rdv.helper = rdv.spawn([sys.executable, "-m", "hpcgen.task.multinode", "headless", str(rdv.run_dir),
                                     str(rdv.rank), addr, str(port)], what)
         code = rdv.helper.poll() if rdv.helper is not None else None
         if code is not None and rdv.peer(0)[0].get("state") not in ENDED:
@@ -341,7 +341,7 @@ def _run(run_dir: Path, nnodes: int, backend: str, work: Callable[..., dict[str,
          engine: Callable[..., Any], shard_ids: list[int], ray_args: list[str]) -> dict[str, Any]:
     import submitit
 
-    from hpcgen.worker import job_id
+    from hpcgen.task.identity import job_id
 
     env = submitit.JobEnvironment()
     if env.num_nodes != nnodes or env.num_tasks != nnodes:
@@ -381,7 +381,7 @@ def _run(run_dir: Path, nnodes: int, backend: str, work: Callable[..., dict[str,
 def run_multinode(run_dir: Path, shard_ids: list[int], spec: Any, run_head: Callable[..., dict[str, Any]]
                   ) -> dict[str, Any]:
     """Runs on every node of the task; the head calls ``run_head(engine_factory=...)`` once all joined."""
-    from hpcgen.engine import Engine
+    from hpcgen.task.engine import Engine
 
     for key, value in spec.env.items():
         os.environ.setdefault(key, value)
@@ -423,7 +423,7 @@ def _main(argv: list[str]) -> int:
         logging.basicConfig(level=logging.INFO)
         _headless(argv[1], int(argv[2]), argv[3], int(argv[4]))
         return 0
-    print("usage: python -m hpcgen.multinode headless RUN_DIR RANK ADDR PORT", file=sys.stderr)
+    print("usage: python -m hpcgen.task.multinode headless RUN_DIR RANK ADDR PORT", file=sys.stderr)
     return 2
 
 

@@ -5,7 +5,6 @@ shard at a time; writes atomically; refuses an incomplete run unless ``allow_par
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -14,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from hpcgen import atomic
 from hpcgen.errors import IncompleteRunError, RunDirError
-from hpcgen.layout import RunLayout, check_writable, load_manifest
+from hpcgen.rundir import atomic
+from hpcgen.rundir.layout import RunLayout, check_writable
+from hpcgen.rundir.manifest import load_manifest
+from hpcgen.rundir.parts import verify_done
 
 META_COLUMNS = ("finish_reasons", "response_tokens", "prompt_tokens", "prompt_truncated", "gen_error")
 OUTPUT_COLUMNS = ("responses", *META_COLUMNS)
@@ -46,44 +46,6 @@ def compact_ranges(ids: list[int]) -> str:
         out.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
         i = j + 1
     return ",".join(out)
-
-
-def verify_done(layout: RunLayout, shard: int, bounds: tuple[int, int], n_samples: int) -> tuple[
-        pa.Table | None, str | None]:
-    """Read a done shard's parts, checking marker, checksums, row ids (each exactly once) and sample counts.
-
-    Returns (sorted table, None) or (None, problem).
-    """
-    try:
-        marker = atomic.read_json(layout.done(shard))
-    except (OSError, ValueError) as exc:
-        return None, f"done marker unreadable ({exc})"
-    tables = []
-    for entry in marker.get("parts", []):
-        path = layout.parts_dir / entry["name"]
-        try:
-            data = path.read_bytes()
-        except OSError:
-            return None, f"part {path.name} is missing"
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            return None, f"part {path.name} does not match its checksum"
-        try:
-            tables.append(pq.ParquetFile(pa.BufferReader(data)).read())
-        except Exception as exc:  # corrupt despite the checksum: never merged
-            return None, f"part {path.name} is unreadable ({exc})"
-    start, end = bounds
-    if not tables:
-        return None, "no parts"
-    table = pa.concat_tables(tables).sort_by("row_id")
-    ids = table.column("row_id").to_numpy()
-    if len(ids) != end - start or (len(ids) and (ids[0] != start or ids[-1] != end - 1)) or (
-            len(ids) > 1 and not (ids[1:] - ids[:-1] == 1).all()):
-        return None, f"rows are not exactly {start}..{end - 1} once each"
-    counts = pc.list_value_length(table.column("responses")).to_numpy(zero_copy_only=False)
-    ok_rows = table.column("gen_error").is_null().to_numpy(zero_copy_only=False)
-    if (counts[ok_rows] != n_samples).any():
-        return None, f"a row has not exactly {n_samples} responses"
-    return table, None
 
 
 class InputReader:

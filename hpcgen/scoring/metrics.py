@@ -1,4 +1,4 @@
-"""verl-style metrics over scored samples: mean@n, unbiased pass@k, maj@k (see :mod:`hpcgen.score`)."""
+"""verl-style metrics over scored samples: mean@n, unbiased pass@k, maj@k (see :mod:`hpcgen.scoring.score`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from hpcgen.scorers import CORRECT_THRESHOLD, Sample
+from hpcgen.scoring.scorers import CORRECT_THRESHOLD, Sample
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

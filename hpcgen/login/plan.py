@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcgen import atomic
-from hpcgen.config import JobSpec, expand_path
 from hpcgen.errors import DatasetError, ModelError, RunDirError
-from hpcgen.layout import FORMAT, RunLayout, check_writable
+from hpcgen.rundir import atomic
+from hpcgen.rundir.layout import FORMAT, RunLayout, check_writable
+from hpcgen.spec.loader import expand_path
+from hpcgen.spec.schema import JobSpec
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -218,7 +219,3 @@ def create_run_dir(run_dir: Path, manifest: dict[str, Any]) -> RunLayout:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return RunLayout(run_dir)
-
-
-def spec_from_manifest(manifest: dict[str, Any]) -> JobSpec:
-    return JobSpec.model_validate(manifest["job"])

@@ -77,7 +77,7 @@ def kill(pids_of: Callable[[], set[int]], grace: float) -> None:
 
 
 def _mark_failed(record: Path, parent: int) -> None:
-    from hpcgen import atomic
+    from hpcgen.rundir import atomic
 
     with contextlib.suppress(OSError, ValueError):
         rec = atomic.read_json(record)
@@ -87,7 +87,7 @@ def _mark_failed(record: Path, parent: int) -> None:
 
 
 def supervise(parent: int, record: Path | None, cmd: list[str]) -> int:
-    """The guard's main loop (``python -m hpcgen.guard PID RECORD|- [-- CMD...]``), run as a session leader:
+    """The guard's main loop (``python -m hpcgen.task.guard PID RECORD|- [-- CMD...]``), run as a session leader:
     runs ``cmd`` if given and keeps the list of the parent's other descendants. When ``cmd`` ends or SIGTERM
     comes, kills its own session; when the parent dies, also kills the orphans and marks ``record`` failed."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -115,7 +115,7 @@ def spawn(log_path: Path | None, cmd: list[str] | None = None, record: Path | No
     (or to this process's own stdout/stderr)."""
     with open(log_path, "ab") if log_path else contextlib.nullcontext() as fh:
         return subprocess.Popen(
-            [sys.executable, "-m", "hpcgen.guard", str(os.getpid()), str(record) if record else "-",
+            [sys.executable, "-m", "hpcgen.task.guard", str(os.getpid()), str(record) if record else "-",
              *(["--", *cmd] if cmd else [])],
             stdout=fh, stderr=subprocess.STDOUT if fh else None, stdin=subprocess.DEVNULL,
             start_new_session=True)
@@ -144,7 +144,7 @@ def guarded() -> Iterator[None]:
 
 def _main(argv: list[str]) -> int:
     if len(argv) < 2 or not argv[0].isdigit():
-        print("usage: python -m hpcgen.guard PID RECORD|- [-- CMD...]", file=sys.stderr)
+        print("usage: python -m hpcgen.task.guard PID RECORD|- [-- CMD...]", file=sys.stderr)
         return 2
     cmd = argv[argv.index("--") + 1:] if "--" in argv else []
     return supervise(int(argv[0]), None if argv[1] == "-" else Path(argv[1]), cmd)

@@ -7,7 +7,6 @@ Runs inside a SLURM task (or submitit's local executor). Holds at most one shard
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -25,42 +24,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import submitit
 
-from hpcgen import atomic
-from hpcgen.config import JobSpec
-from hpcgen.layout import PartName, RunLayout, load_manifest, part_tag
-from hpcgen.plan import spec_from_manifest
+from hpcgen.rundir import atomic
+from hpcgen.rundir.layout import PartName, RunLayout, part_tag
+from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
+from hpcgen.rundir.parts import PART_SCHEMA, PartWriter, done_marker_ok, valid_parts, write_done
+from hpcgen.spec.schema import JobSpec
+from hpcgen.task.identity import job_id, restart_count
 
-log = logging.getLogger("hpcgen.worker")
+log = logging.getLogger("hpcgen.task.worker")
 
-PART_SCHEMA = pa.schema([
-    ("row_id", pa.int64()),
-    ("responses", pa.list_(pa.string())),
-    ("finish_reasons", pa.list_(pa.string())),
-    ("response_tokens", pa.list_(pa.int32())),
-    ("prompt_tokens", pa.int32()),
-    ("prompt_truncated", pa.bool_()),
-    ("gen_error", pa.string()),
-])
-
-
-def restart_count() -> int:
-    """How many times SLURM has requeued this job (preemption, ``scontrol requeue``, time-limit requeues)."""
-    return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-
-
-def job_id() -> str:
-    """``<array>_<index>`` (or the job id) plus SLURM's restart count, so each requeue is its own attempt."""
-    env = os.environ
-    if env.get("SLURM_ARRAY_JOB_ID"):
-        jid = f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
-    elif env.get("SLURM_JOB_ID"):
-        jid = env["SLURM_JOB_ID"]
-    else:
-        try:
-            jid = str(submitit.JobEnvironment().job_id)
-        except RuntimeError:
-            jid = f"pid{os.getpid()}"
-    return f"{jid}.r{restart_count()}"
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -100,96 +72,6 @@ def read_prompts(manifest: dict[str, Any], shard: int) -> Iterator[tuple[int, An
             break
 
 
-def valid_parts(layout: RunLayout, shard: int, parts: list[PartName], bounds: tuple[int, int]) -> tuple[
-        list[PartName], set[int]]:
-    """Parts that read back whole with in-range, unique row ids; others are moved aside as ``.corrupt``."""
-    good, seen = [], set()
-    for p in parts:
-        path = layout.parts_dir / p.name
-        try:
-            ids = pq.read_table(path, columns=["row_id"]).column(0).to_pylist()
-            ok = len(ids) == p.rows and all(bounds[0] <= i < bounds[1] and i not in seen for i in ids)
-            ok = ok and len(set(ids)) == len(ids)
-        except Exception:  # any read failure means the file is not trustworthy
-            ok = False
-        if not ok:
-            log.warning("part %s is corrupt or inconsistent: moved aside, its rows are regenerated", path)
-            os.replace(path, path.with_name(path.name + f".corrupt.{int(time.time())}"))
-            continue
-        good.append(p)
-        seen.update(ids)
-    return good, seen
-
-
-def done_marker_ok(layout: RunLayout, shard: int, rows: int) -> bool:
-    try:
-        marker = atomic.read_json(layout.done(shard))
-    except (OSError, ValueError):
-        return False
-    return marker.get("rows") == rows and all((layout.parts_dir / p["name"]).is_file() for p in marker["parts"])
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_done(layout: RunLayout, shard: int, parts: list[PartName], errors: int, jid: str) -> None:
-    hashes = [sha256_file(layout.parts_dir / p.name) for p in parts]
-    entries = [{"name": p.name, "rows": p.rows, "sha256": h} for p, h in zip(parts, hashes, strict=True)]
-    checksum = hashlib.sha256("".join(hashes).encode()).hexdigest()
-    atomic.write_json(layout.done(shard), {
-        "shard": shard, "rows": sum(p.rows for p in parts), "errors": errors, "parts": entries,
-        "checksum": checksum, "job_id": jid, "finished": time.time(),
-    })
-
-
-# --- writing ---------------------------------------------------------------------------------------
-
-
-class PartWriter:
-    """Buffers finished rows of one shard and saves them as atomic part files."""
-
-    def __init__(self, layout: RunLayout, shard: int, next_seq: int, every_rows: int, every_seconds: float,
-                 tag: str = "a0"):
-        self.layout, self.shard, self.seq, self.tag = layout, shard, next_seq, tag
-        self.every_rows, self.every_seconds = every_rows, every_seconds
-        self.rows: list[dict[str, Any]] = []
-        self.parts: list[PartName] = []
-        self.errors = 0
-        self.last_flush = time.monotonic()
-        self._busy = False
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        if row.get("gen_error"):
-            self.errors += 1
-
-    def maybe_flush(self) -> None:
-        if len(self.rows) >= self.every_rows or (
-                self.rows and time.monotonic() - self.last_flush >= self.every_seconds):
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.rows or self._busy:
-            return
-        self._busy = True
-        try:
-            rows = sorted(self.rows, key=lambda r: r["row_id"])
-            table = pa.Table.from_pylist(rows, schema=PART_SCHEMA)
-            name = PartName(self.shard, self.seq, len(rows), self.tag)
-            atomic.write_with(self.layout.parts_dir / name.name, lambda p: pq.write_table(table, p))
-            self.parts.append(name)
-            self.seq += 1
-            self.rows = []
-            self.last_flush = time.monotonic()
-        finally:
-            self._busy = False
-
-
 def error_row(row_id: int, message: str) -> dict[str, Any]:
     return {"row_id": row_id, "responses": [], "finish_reasons": [], "response_tokens": [],
             "prompt_tokens": None, "prompt_truncated": False, "gen_error": message}
@@ -200,7 +82,7 @@ def error_row(row_id: int, message: str) -> dict[str, Any]:
 
 def generate_shard(engine: Any, prompts: Iterator[tuple[int, Any]], writer: PartWriter, window: int) -> None:
     """Feed the engine continuously (up to ``window`` rows in flight), collect finished rows, save often."""
-    from hpcgen.engine import PromptError
+    from hpcgen.task.engine import PromptError
 
     inflight: dict[int, bool] = {}
     exhausted = False
@@ -247,12 +129,12 @@ class ShardTask(submitit.helpers.Checkpointable):
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
         spec = spec_from_manifest(load_manifest(Path(run_dir)))
         if spec.multi_node:  # every node of the job runs this; the head processes the shards
-            from hpcgen.multinode import run_multinode
+            from hpcgen.task.multinode import run_multinode
 
             result = run_multinode(Path(run_dir), shard_ids, spec, functools.partial(
                 run_shards, Path(run_dir), shard_ids, task=self))
         else:
-            from hpcgen import guard
+            from hpcgen.task import guard
 
             with guard.guarded():  # a SIGKILLed task leaves no vLLM engine behind, whatever the proctrack plugin
                 result = run_shards(Path(run_dir), shard_ids, task=self, engine_factory=engine_factory)
@@ -336,7 +218,7 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
             todo = ((r, v) for r, v in read_prompts(manifest, shard) if r not in saved)
             if len(saved) < end - start:
                 if engine is None:
-                    from hpcgen.engine import Engine
+                    from hpcgen.task.engine import Engine
 
                     t0 = time.monotonic()
                     engine = (engine_factory or Engine)(spec, spec.model.path)
@@ -366,7 +248,7 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
         record["ended"] = time.time()
         atomic.write_json(attempt, record)
     if perf["rows"] and perf["gen_s"] > 0 and engine_factory is None:
-        from hpcgen.advice import record_measurement
+        from hpcgen.rundir.measurements import record_measurement
 
         record_measurement(spec, perf["engine_start_s"], perf["rows"] / perf["gen_s"])
     summary["perf"] = perf

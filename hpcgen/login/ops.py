@@ -11,22 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcgen import atomic
-from hpcgen.config import load_job
 from hpcgen.errors import RunDirError, ShardFailedError, UserError
-from hpcgen.launch import Submission, annotate_submission, cancel_jobs, dry_run_text, submit_groups
-from hpcgen.layout import RunLayout, load_manifest
-from hpcgen.merge import compact_ranges, verify_done
-from hpcgen.plan import (
-    Plan,
-    create_run_dir,
-    inspect_dataset,
-    make_plan,
-    model_fingerprint,
-    spec_from_manifest,
-    task_groups,
-)
-from hpcgen.state import RunState, collect, latest_jobs
+from hpcgen.login.launch import Submission, annotate_submission, cancel_jobs, dry_run_text, submit_groups
+from hpcgen.login.merge import compact_ranges
+from hpcgen.login.plan import Plan, create_run_dir, inspect_dataset, make_plan, model_fingerprint, task_groups
+from hpcgen.login.state import RunState, collect, latest_jobs
+from hpcgen.rundir import atomic
+from hpcgen.rundir.layout import RunLayout
+from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
+from hpcgen.rundir.parts import verify_done
+from hpcgen.spec.loader import load_job
 
 
 @dataclass
@@ -59,7 +53,7 @@ def attach_chain(layout: RunLayout, spec: Any, sub: Submission, previous: str | 
     """``score.after_merge``: queue merge+score after this submission's arrays (replacing an older step)."""
     if not spec.score.after_merge or sub.executor != "slurm":
         return
-    from hpcgen.chain import submit_chain
+    from hpcgen.login.chain import submit_chain
 
     if previous:
         cancel_jobs([previous], "slurm")
@@ -83,7 +77,7 @@ def check_unchanged(manifest: dict[str, Any]) -> None:
 
 def invalidate_bad_done(layout: RunLayout, manifest: dict[str, Any]) -> list[int]:
     """Done shards whose parts no longer verify lose their marker (kept aside) so they are regenerated."""
-    from hpcgen.worker import valid_parts
+    from hpcgen.rundir.parts import valid_parts
 
     bad = []
     n = manifest["job"]["data"]["n_samples"]

@@ -1,0 +1,1 @@
+"""Grading merged answers: scorers, metrics, the score command. No torch, no vllm."""
