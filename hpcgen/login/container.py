@@ -118,5 +118,5 @@ def describe(spec: JobSpec, run_dir: Path) -> list[str]:
     nodes = spec.trainer.nnodes
     lines = [f"# container: {c.runtime} image {_image(c)}; the task's srun line starts it on "
              + (f"each of the {nodes} nodes" if nodes > 1 else "the node") + " with these mounts (same path inside):"]
-    lines += [f"#   {m.text:<60} {m.why}" for m in mounts(spec, run_dir)]
+    lines += [f"#   {m.text}  ({m.why})" for m in mounts(spec, run_dir)]
     return lines

@@ -250,10 +250,10 @@ class JobSpec(_Section):
     env: dict[str, str] = Field(default_factory=dict)
     seed: int = Field(0, ge=0, lt=2**31)
 
-    @field_validator("env")
+    @field_validator("env", mode="before")  # numbers (env.OMP_NUM_THREADS=4, YAML's 4) become strings
     @classmethod
-    def _env(cls, v: dict[str, Any]) -> dict[str, str]:
-        return check_env(v)
+    def _env(cls, v: Any) -> Any:
+        return check_env(v) if isinstance(v, dict) else v
 
     @model_validator(mode="after")
     def _cross(self) -> JobSpec:
