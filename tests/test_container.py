@@ -106,6 +106,20 @@ def test_hub_model_is_not_mounted_but_the_cache_is():
     assert not any("org/model" in t for t in texts) and "/shared/hf:/shared/hf" in texts
 
 
+def test_a_model_whose_files_link_elsewhere_gets_the_targets_mounted(tmp_path):
+    """A Hugging Face cache snapshot: every file links to ../../blobs, which must be visible inside too."""
+    repo = tmp_path / "hub" / "models--org--m"
+    snap, blobs = repo / "snapshots" / "abc123", repo / "blobs"
+    snap.mkdir(parents=True)
+    blobs.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (blobs / f"sha-{name}").write_text("x")
+        (snap / name).symlink_to(Path("../../blobs") / f"sha-{name}")
+    s = spec({"runtime": "apptainer", "image": "/i.sif"}, f"model.path={snap}")
+    texts = [m.text for m in container.mounts(s, RUN)]
+    assert f"{snap}:{snap}:ro" in texts and f"{blobs}:{blobs}:ro" in texts
+
+
 def test_workdir_python_executable_and_nv():
     s = spec({"runtime": "apptainer", "image": "/i.sif", "workdir": "/shared/work", "python": "/opt/venv/bin/python",
               "executable": "singularity", "nv": False, "options": ["--rocm", "--cleanenv"]})

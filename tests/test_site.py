@@ -148,3 +148,14 @@ def test_readme_site_file_example_is_valid(tmp_path):
     assert block, "README has a '### Site file' section with a yaml example"
     site = load_site(write(tmp_path / "site.yaml", yaml.safe_load(block[1])))
     assert site is not None and site.data["slurm"]
+
+
+def test_site_values_are_frozen_in_the_manifest(tmp_path, job):
+    from hpcgen.login.plan import create_run_dir, make_plan
+    from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
+
+    spec, _ = load_job_traced(job, [], site=load_site(write(tmp_path / "site.yaml", SITE)))
+    run = create_run_dir(tmp_path / "run", make_plan(spec, job_file=str(job), overrides=[]).manifest)
+    frozen = spec_from_manifest(load_manifest(run.root))  # what resume resubmits
+    assert frozen.slurm.partition == "batch" and frozen.slurm.account == "proj1"
+    assert frozen.slurm.container is not None and frozen.env["HF_HOME"] == "/scratch/hf"

@@ -56,6 +56,8 @@ def auto_mounts(spec: JobSpec, run_dir: Path) -> list[Mount]:
     for key, value in (("model", spec.model.path), ("tokenizer", spec.model.tokenizer_path)):
         if value and os.path.isabs(_expand(value)):  # a hub id is not a path: the cache below holds it
             out.append(Mount(value, value, "ro", key))
+            for target in _link_targets(Path(_expand(value))):
+                out.append(Mount(target, target, "ro", f"{key} file links"))
     if spec.data.output_path:
         parent = str(Path(spec.data.output_path).parent)
         out.append(Mount(parent, parent, None, "output directory"))
@@ -64,6 +66,16 @@ def auto_mounts(spec: JobSpec, run_dir: Path) -> list[Mount]:
         if value and os.path.isabs(_expand(value)):
             out.append(Mount(value, value, None, f"env.{name}"))
     return out
+
+
+def _link_targets(directory: Path) -> list[str]:
+    """Directories outside ``directory`` that its files link to (a Hugging Face cache snapshot links every file
+    to ``../../blobs``): mounted too, or the links would dangle inside the container."""
+    if not directory.is_dir():
+        return []
+    inside = os.path.realpath(directory)
+    targets = {os.path.dirname(os.path.realpath(f)) for f in directory.iterdir() if f.is_symlink()}
+    return sorted(t for t in targets if t != inside and not t.startswith(inside + "/"))
 
 
 def mounts(spec: JobSpec, run_dir: Path) -> list[Mount]:
