@@ -153,12 +153,14 @@ def test_kill_9_worker_then_resume_and_corrupt_part(cluster, tiny_model, fault_d
 
 
 def test_scontrol_requeue_continues_without_resume(cluster, tiny_model, fault_data, reference, tmp_path):
-    run_dir = start(tmp_path, tiny_model, fault_data)
-    wait_for(lambda: saved_rows(run_dir) >= 8, 600, "first saved rows")
+    # two sequences at a time: ~45 s of generation on a quiet machine, so the requeue lands mid-shard
+    run_dir = start(tmp_path, tiny_model, fault_data, rollout={"max_num_seqs": 2})
+    wait_for(lambda: saved_rows(run_dir) >= 8, 600, "first saved rows", poll=0.2)
     job = status_json(run_dir)["shards"][0]["job_id"]
     subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
-    time.sleep(2)
     before = parts(run_dir)
+    assert sum(map(len, before.values())) < ROWS and not (run_dir / "done" / "s000000.json").exists(), (
+        "the shard finished before the requeue: the test did not exercise a requeue")
     wait_for(lambda: status_json(run_dir)["shards"][0]["state"] == "done", 900, "done after requeue", poll=3)
     check_no_regeneration(before, parts(run_dir))
     assert len(attempt_records(run_dir)) == 2  # same job id, restart count 1
