@@ -22,6 +22,10 @@ pytestmark = [pytest.mark.slurm, pytest.mark.vllm]
 
 ROWS = 96
 SLOW = {"rollout": {"response_length": 48, "max_num_seqs": 4}, "checkpoint": {"every_rows": 4, "every_seconds": 5}}
+# Faulted runs pause after each engine step (HPCGEN_TEST_STEP_DELAY_S), so that the fault lands mid-shard
+# however fast this machine generates (96 rows take ~4 s unpaced on a quiet 2-core machine); pacing does
+# not change samples (per-row seeds), so the unpaced reference stays the reference.
+PACED = {"env": {"HPCGEN_TEST_STEP_DELAY_S": "0.01"}}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +55,7 @@ def merged(run_dir: Path, out: Path) -> list[list[str]]:
 
 
 def start(tmp: Path, model: Path, data: Path, **extra) -> Path:
-    sections = {k: dict(v) for k, v in SLOW.items()}
+    sections = {k: dict(v) for k, v in {**SLOW, **PACED}.items()}
     for k, v in extra.items():
         sections.setdefault(k, {}).update(v)
     job = write_job(tmp / "job.yaml", data=data, model=model, sharding={"num_shards": 1}, **sections)
@@ -153,8 +157,7 @@ def test_kill_9_worker_then_resume_and_corrupt_part(cluster, tiny_model, fault_d
 
 
 def test_scontrol_requeue_continues_without_resume(cluster, tiny_model, fault_data, reference, tmp_path):
-    # two sequences at a time: ~45 s of generation on a quiet machine, so the requeue lands mid-shard
-    run_dir = start(tmp_path, tiny_model, fault_data, rollout={"max_num_seqs": 2})
+    run_dir = start(tmp_path, tiny_model, fault_data)
     wait_for(lambda: saved_rows(run_dir) >= 8, 600, "first saved rows", poll=0.2)
     job = status_json(run_dir)["shards"][0]["job_id"]
     subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
@@ -178,11 +181,11 @@ def test_scontrol_requeue_continues_without_resume(cluster, tiny_model, fault_da
 
 
 def test_time_limit_finishes_through_requeues(cluster, tiny_model, fault_data, reference, tmp_path):
-    """A 3-minute limit with the warning 90 s before it (SLURM may send it up to 60 s earlier) and a shard
-    that needs ~2.5 min on a quiet 2-core machine (the 96 fault rows three times; 112 rows took 74 s there,
-    engine start included, 2 sequences at a time): the shard needs several runs and gets them, each
-    continuing from the last. Rows 0-95 are the reference rows (same prompts, same row ids, so same seeds):
-    their samples equal the uninterrupted run's."""
+    """A 3-minute limit with the warning 90 s before it (SLURM may send it up to 60 s earlier, so a run does
+    at most ~75 s of work after its ~15 s engine start) and a shard paced to ~2 min of work (the 96 fault
+    rows three times, one row at a time, 10 ms after each engine step): the shard needs several runs and
+    gets them, each continuing from the last. Rows 0-95 are the reference rows (same prompts, same row ids,
+    so same seeds): their samples equal the uninterrupted run's."""
     table = pq.read_table(fault_data)
     data = tmp_path / "thrice.parquet"
     pq.write_table(pa.concat_tables([table] * 3), data)

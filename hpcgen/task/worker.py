@@ -86,6 +86,9 @@ def generate_shard(engine: Any, prompts: Iterator[tuple[int, Any]], writer: Part
 
     inflight: dict[int, bool] = {}
     exhausted = False
+    # Fault tests only (set through the job's env): a pause after each engine step, so that a kill, requeue or
+    # time limit lands mid-shard however fast the machine generates. Unset in real runs.
+    pace = float(os.environ.get("HPCGEN_TEST_STEP_DELAY_S") or 0)
     writer.last_flush = time.monotonic()
     while True:
         while not exhausted and len(inflight) < window:
@@ -107,6 +110,8 @@ def generate_shard(engine: Any, prompts: Iterator[tuple[int, Any]], writer: Part
                         "response_tokens": f.response_tokens, "prompt_tokens": f.prompt_tokens,
                         "prompt_truncated": inflight.pop(f.row_id, False), "gen_error": None})
         writer.maybe_flush()
+        if pace:
+            time.sleep(pace)
     writer.flush()
 
 
