@@ -229,6 +229,8 @@ class SlurmConfig(_Section):
 
 class MergeConfig(_Section):
     metadata: bool = True
+    response_key: str = Field("responses", pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")  # rename on a clash
+    metadata_prefix: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$")
 
 
 class ScoreConfig(_Section):
@@ -302,7 +304,7 @@ class JobSpec(_Section):
     def generation_settings(self) -> dict[str, Any]:
         """What decides a row's samples: resume refuses when any of this changes."""
         r = self.rollout
-        return {
+        settings = {
             "model": self.model.path,
             "prompt_key": self.data.prompt_key,
             "n_samples": self.data.n_samples,
@@ -315,8 +317,10 @@ class JobSpec(_Section):
             "prompt_overflow": r.prompt_overflow,
             "dtype": r.dtype,
             "seed": self.seed,
-            "batch_invariant": r.batch_invariant,
         }
+        if r.batch_invariant:  # only when on: manifests written before the key existed still match
+            settings["batch_invariant"] = True
+        return settings
 
 
 BATCH_INVARIANT_ENV = "VLLM_BATCH_INVARIANT"  # read by vLLM (vllm/envs.py) in every engine process
