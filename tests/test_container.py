@@ -180,6 +180,11 @@ def test_a_run_dir_that_cannot_be_mounted_is_named():
         launch.dry_run_text(RunLayout(Path("/shared/runs/a,b")), s, 1)
 
 
+def test_local_executor_runs_without_the_container(tmp_path):
+    ex = launch.make_executor("local", RunLayout(tmp_path / "run"), spec(APPTAINER))
+    assert type(ex).__name__ == "LocalExecutor"
+
+
 def test_no_container_leaves_the_script_alone():
     text = launch.dry_run_text(RunLayout(RUN), spec(None), 1)
     assert "container" not in text and "apptainer" not in text

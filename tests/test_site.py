@@ -79,6 +79,9 @@ def test_precedence_presets_site_job_command_line(tmp_path, job):
     assert where["slurm.qos"] == "command line"
     assert where["slurm.array_parallelism"].startswith("preset cluster/dev: ")
     assert where["slurm.container.image"].startswith("site file ")
+    # a list is replaced whole by a later layer
+    spec, sources = load_job_traced(job, ["slurm.setup=[source /opt/env.sh]"], site=site)
+    assert spec.slurm.setup == ["source /opt/env.sh"] and sources["slurm.setup"][1] == "command line"
     # a job that sets a whole section replaces the site's leaves below it
     spec, sources = load_job_traced(job, ["slurm.container=null"], site=site)
     assert spec.slurm.container is None and sources["slurm.container"][1] == "command line"
@@ -136,10 +139,15 @@ def test_bad_site_file_fails_submit_with_one_line(tmp_path, job):
 def test_example_jobs_hold_no_site_values():
     """Partition, account, QOS, setup lines and containers come from the site file, not from jobs/ or the
     GPU preset (the dev cluster's preset keeps its partition so the demos run on the throwaway cluster)."""
+    from hpcgen.spec.loader import load_job
+
     site_keys = ("partition", "account", "qos", "setup", "container")
     for path in sorted((REPO / "jobs").glob("*.yaml")) + [REPO / "hpcgen/presets/cluster/gpu-8x.yaml"]:
         slurm = (yaml.safe_load(path.read_text()) or {}).get("slurm", {})
         assert not [k for k in site_keys if k in slurm], path
+    for path in sorted((REPO / "jobs").glob("*.yaml")):  # presets resolve; the demos keep the dev partition
+        spec = load_job(path)
+        assert spec.slurm.partition == ("gpu" if path.stem.startswith("demo") else None), path
 
 
 def test_readme_site_file_example_is_valid(tmp_path):
