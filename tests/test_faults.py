@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import REPO, hpcgen, status_json, write_job
+from helpers import REPO, hpcgen, part_files, status_json, write_job
 
 from hpcgen.rundir import atomic
 
@@ -67,7 +67,7 @@ def start(tmp: Path, model: Path, data: Path, pace: str = PACE_S, **extra) -> Pa
 
 def parts(run_dir: Path) -> dict[str, list[int]]:
     return {p.name: pq.read_table(p, columns=["row_id"]).column(0).to_pylist()
-            for p in (run_dir / "parts").glob("*.parquet")}
+            for p in part_files(run_dir)}
 
 
 def wait_for(cond, timeout: float, what: str, poll: float = 1.0):
@@ -132,7 +132,7 @@ def test_kill_9_worker_then_resume_and_corrupt_part(cluster, tiny_model, fault_d
     # parts of the done shard changed after its marker: one truncated, one rewritten as valid parquet with
     # other answers (same name), one with a bit flipped. Never merged; resume regenerates exactly their rows
     # (it does not re-bless them), keeps them aside, and the samples are the reference's again.
-    victims = sorted((run_dir / "parts").glob("*.parquet"))[:3]
+    victims = part_files(run_dir)[:3]
     before = parts(run_dir)
     changed = {i for v in victims for i in before[v.name]}
     victims[0].write_bytes(victims[0].read_bytes()[:100])
@@ -151,7 +151,7 @@ def test_kill_9_worker_then_resume_and_corrupt_part(cluster, tiny_model, fault_d
     after = parts(run_dir)
     regenerated = sorted(i for name, ids in after.items() if name not in before for i in ids)
     assert regenerated == sorted(changed)  # exactly the changed parts' rows, each once
-    assert all(list((run_dir / "parts").glob(v.name + ".corrupt.*")) for v in victims)  # kept for inspection
+    assert all(list(v.parent.glob(v.name + ".corrupt.*")) for v in victims)  # kept for inspection
     assert merged(run_dir, tmp_path / "c.parquet") == reference
     res = hpcgen("resume", str(run_dir))  # resume and merge agree: nothing left to do
     assert res.returncode == 0 and "nothing to resume" in res.stderr, res.stderr

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import need
-from helpers import REPO, hpcgen, status_json, write_job
+from helpers import REPO, hpcgen, part_files, status_json, write_job
 
 slurm = pytest.mark.slurm
 
@@ -139,7 +139,7 @@ def test_killed_node_fails_the_task_promptly(cluster, tiny_model, small_data, tm
     assert res.returncode == 0, res.stderr
     jid = json.loads((run_dir / "submissions" / "0001.json").read_text())["arrays"][0]
     deadline = time.monotonic() + 600
-    while not list((run_dir / "parts").glob("*.parquet")):  # generating across both nodes
+    while not part_files(run_dir):  # generating across both nodes
         assert time.monotonic() < deadline, status_json(run_dir)
         time.sleep(1)
     _, _, other = rendezvous(run_dir)

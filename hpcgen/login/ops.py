@@ -14,10 +14,11 @@ from hpcgen.errors import RunDirError, ShardFailedError, UserError
 from hpcgen.login.launch import Submission, annotate_submission, cancel_jobs, dry_run_text, submit_groups
 from hpcgen.login.merge import compact_ranges
 from hpcgen.login.plan import Plan, create_run_dir, inspect_dataset, make_plan, task_groups
-from hpcgen.login.state import RunState, collect, latest_jobs
+from hpcgen.login.state import PENDING, RUNNING, RunState, collect, latest_jobs, sacct_states
 from hpcgen.rundir import atomic
 from hpcgen.rundir.fingerprint import changed_inputs
 from hpcgen.rundir.layout import RunLayout
+from hpcgen.rundir.leases import mark_dead, pid_alive, read_task
 from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
 from hpcgen.rundir.parts import invalidate_bad_done
 from hpcgen.spec.loader import describe_sources, load_job_traced
@@ -81,12 +82,43 @@ def check_unchanged(manifest: dict[str, Any]) -> None:
         raise RunDirError(f"cannot resume: {problem}; its answers would mix with the earlier ones: start a new run")
 
 
-def resume(run_dir: Path, *, executor: str | None = None) -> tuple[Submission | None, RunState, list[int]]:
+def _bury_dead_tasks(layout: RunLayout, executor: str | None) -> list[str]:
+    """Task records that still say running although the scheduler says their job is over (kill -9, a lost
+    node): mark them dead, so that the chunks they held are taken over at once, not after the lease timeout."""
+    running = {}
+    for tag in layout.list_tasks():
+        rec = read_task(layout, tag)
+        if rec and rec.get("state") == "running":
+            running[tag] = str(rec.get("job_id", "")).rsplit(".r", 1)[0]
+    if not running:
+        return []
+    if executor == "slurm":
+        states = sacct_states(sorted(set(running.values()))) or {}
+        gone = [t for t, j in running.items() if j in states and states[j] not in RUNNING | PENDING]
+    else:
+        gone = [t for t, j in running.items() if not j.isdigit() or not pid_alive(int(j))]
+    for tag in gone:
+        mark_dead(layout, tag, "the scheduler says its job is over")
+    return gone
+
+
+def _spread(shards: list[int], tasks: int) -> list[list[int]]:
+    """``tasks`` groups of contiguous shards (empty groups when there are more tasks than shards)."""
+    return [shards[i * len(shards) // tasks:(i + 1) * len(shards) // tasks] for i in range(tasks)]
+
+
+def resume(run_dir: Path, *, executor: str | None = None, tasks: int | None = None
+           ) -> tuple[Submission | None, RunState, list[int]]:
+    """Resubmit what is not done: one task per open shard (``shards_per_task`` per task), or ``tasks`` tasks that
+    share whatever is left (they steal from each other; with more tasks than open shards, some start without
+    a shard of their own)."""
     layout = RunLayout(run_dir)
     manifest = load_manifest(run_dir)
     with atomic.exclusive_lock(layout.lock, "resume"):
         check_unchanged(manifest)
         bad = invalidate_bad_done(layout, manifest)
+        _, _, last_exec = latest_jobs(layout)
+        _bury_dead_tasks(layout, last_exec)
         state = collect(run_dir, manifest)
         todo = state.shards_in("failed", "cancelled") + [
             s.id for s in state.shards if s.state == "pending" and s.job_id is None]
@@ -94,19 +126,47 @@ def resume(run_dir: Path, *, executor: str | None = None) -> tuple[Submission | 
         if not todo:
             return None, state, bad
         spec = spec_from_manifest(manifest)
-        _, _, last_exec = latest_jobs(layout)
         order = sorted(todo)
-        groups = [[order[i] for i in g] for g in task_groups(len(order), spec.sharding.shards_per_task)]
+        if tasks is not None:
+            if tasks < 1:
+                raise UserError("--tasks must be at least 1")
+            if not spec.sharding.steal and tasks != len(order):
+                raise UserError(f"--tasks {tasks}: this run has sharding.steal=false, so its tasks cannot share "
+                                f"shards; resume without --tasks ({len(order)} open shard(s))")
+            groups = _spread(order, tasks)
+        else:
+            groups = [[order[i] for i in g] for g in task_groups(len(order), spec.sharding.shards_per_task)]
         sub = submit_groups(layout, spec, groups, executor=executor or last_exec or "slurm", kind="resume",
                             extra={"rows_done_at_submit": state.rows_done})
         attach_chain(layout, spec, sub, previous=state.chain.get("job_id") if state.chain else None)
         return sub, state, bad
 
 
+def scale(run_dir: Path, add: int) -> tuple[Submission, RunState]:
+    """Add ``add`` tasks to a running run: they start without a shard of their own and take over the
+    remaining chunks of others (``sharding.steal`` must be on)."""
+    layout = RunLayout(run_dir)
+    manifest = load_manifest(run_dir)
+    spec = spec_from_manifest(manifest)
+    if add < 1:
+        raise UserError("scale: give the number of tasks to add, e.g. 'hpcgen scale RUN +4'")
+    if not spec.sharding.steal:
+        raise UserError("scale: this run has sharding.steal=false: added tasks could not take any work")
+    state = collect(run_dir, manifest)
+    if state.complete:
+        raise UserError(f"scale: run {layout.root} is already complete")
+    _, _, last_exec = latest_jobs(layout)
+    sub = submit_groups(layout, spec, [[] for _ in range(add)], executor=last_exec or "slurm", kind="scale",
+                        extra={"rows_done_at_submit": state.rows_done})
+    attach_chain(layout, spec, sub, previous=state.chain.get("job_id") if state.chain else None)
+    return sub, state
+
+
 def cancel(run_dir: Path) -> int:
     manifest = load_manifest(run_dir)
     state = collect(run_dir, manifest, query_scheduler=False)
-    open_jobs = sorted({s.job_id for s in state.shards if s.state != "done" and s.job_id})
+    open_jobs = sorted({s.job_id for s in state.shards if s.state != "done" and s.job_id} | {
+        j for j, st in state.extra_tasks.items() if st in ("pending", "running")})
     if state.chain and state.chain["state"] != "done":  # the merge+score step would never run anyway
         open_jobs.append(state.chain["job_id"])
     return cancel_jobs(open_jobs, state.executor or "slurm")

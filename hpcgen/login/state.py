@@ -5,6 +5,7 @@ Writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcgen.rundir import atomic
+from hpcgen.rundir.chunks import num_chunks
 from hpcgen.rundir.layout import RunLayout
 
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED", "STAGE_OUT",
@@ -48,6 +50,8 @@ class RunState:
     executor: str | None = None
     sacct_calls: int = 0
     chain: dict[str, Any] | None = None  # the merge+score step, when the job asked for one
+    extra_tasks: dict[str, str] = field(default_factory=dict)  # job id -> state of tasks without own shards
+    dropped_rows: int = 0  # rows saved twice (a task that had lost its chunk) and left out of the markers
 
     def shards_in(self, *states: str) -> list[int]:
         return [s.id for s in self.shards if s.state in states]
@@ -75,6 +79,17 @@ def latest_jobs(layout: RunLayout) -> tuple[dict[int, str], dict[str, Any] | Non
         jobs.update({int(k): v for k, v in sub.get("jobs", {}).items()})
         last = sub
     return jobs, last, (last or {}).get("executor")
+
+
+def extra_jobs(layout: RunLayout) -> list[str]:
+    """Job ids of tasks without a shard of their own (``scale``, ``resume --tasks`` beyond the open shards)."""
+    out: list[str] = []
+    for path in layout.list_submissions():
+        try:
+            out += [str(j) for j in atomic.read_json(path).get("extra_tasks", [])]
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def sacct_states(job_ids: list[str]) -> dict[str, str] | None:
@@ -153,40 +168,57 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
     layout = RunLayout(run_dir)
     shards = manifest["shards"]
     done = layout.list_done()
-    parts = layout.list_parts()
     attempts = layout.list_attempts()
     jobs, last_sub, executor = latest_jobs(layout)
+    extra = extra_jobs(layout)
     open_jobs = [jobs[i] for i in range(len(shards)) if i not in done and i in jobs]
+    task_jobs = sorted(set(open_jobs) | set(extra))
     chain_job = (last_sub or {}).get("chain_job")
-    if chain_job and not layout.scores.exists():
-        open_jobs.append(chain_job)
+    queried = task_jobs + ([chain_job] if chain_job and not layout.scores.exists() else [])
     states: dict[str, str] | None = None
     calls = 0
-    if query_scheduler and open_jobs and executor == "slurm":
-        states = sacct_states(open_jobs)
+    if query_scheduler and queried and executor == "slurm":
+        states = sacct_states(queried)
         calls = 1
+    # with stealing, a shard whose own task has ended can still be in the hands of another task
+    working = [j for j in task_jobs if _open_state(j, executor, states, -1, ["?"]) == "running"]
     out: list[ShardState] = []
+    dropped = 0
     for i, (start, end) in enumerate(shards):
         total = end - start
         jid = jobs.get(i)
         n_att = len(attempts.get(i, []))
+        scan = None if i in done else layout.scan(i)
+        if scan is not None and len(scan.done) >= num_chunks(manifest, i):
+            done.add(i)  # every chunk marked; the shard's own marker follows (merge writes it if no task did)
         state = "done" if i in done else _open_state(jid, executor, states, i, attempts.get(i, []))
         if state in ("failed", "cancelled") and layout.done(i).exists():  # the task finished after the listing
             state = "done"
         if state == "done":
             out.append(ShardState(i, "done", total, total, jid, n_att))
             continue
-        rows = min(total, sum(p.rows for p in parts.get(i, [])))
-        s = ShardState(i, state, rows, total, jid, n_att)
+        assert scan is not None  # noqa: S101 - not done means scanned
+        rows = sum(min(end, lo + manifest["chunk_rows"]) - lo for lo in
+                   (start + c * manifest["chunk_rows"] for c in scan.done))
+        rows += sum(p.rows for c, ps in scan.parts.items() if c not in scan.done for p in ps)
+        if state in ("failed", "cancelled") and working and (scan.leases or state == "failed"):
+            state = "running"  # its own task ended; other tasks of the run hold or will take its chunks
+        s = ShardState(i, state, min(total, rows), total, jid, n_att)
         if state in ("failed", "cancelled"):
             lp = log_path(layout, jid)
             s.log = str(lp) if lp else None
-            s.last_error = last_error_line(layout, i, attempts.get(i, []), lp)
+            s.last_error = last_error_line(layout, i, attempts.get(i, []), lp) or (
+                "its task ended with chunks left unfinished; 'hpcgen resume' continues")
         out.append(s)
     rs = RunState(str(layout.root), sum(e - s for s, e in shards), sum(s.rows_done for s in out), out,
                   executor=executor, sacct_calls=calls)
     for s in out:
         rs.counts[s.state] = rs.counts.get(s.state, 0) + 1
+    rs.extra_tasks = {j: _open_state(j, executor, states, -1, ["?"]) for j in extra}
+    for path in layout.list_dropped():
+        with contextlib.suppress(OSError, ValueError):
+            dropped += int(atomic.read_json(path).get("dropped_rows", 0))
+    rs.dropped_rows = dropped
     if chain_job:
         st = "done" if layout.scores.exists() else _open_state(chain_job, executor, states, -1, ["?"])
         rs.chain = {"job_id": chain_job, "state": st, "scores": str(layout.scores) if st == "done" else None}

@@ -1,0 +1,125 @@
+"""Which chunk a task does next: its own shards first, front to back; then (with ``sharding.steal``) chunks of
+other shards, from the far end of the shard with the most work left, until nothing is left.
+
+A chunk is work when it has no marker and either no lease or a lease whose holder is gone
+(:mod:`hpcgen.rundir.leases`). Owners take chunks from the front and thieves from the back, so they meet in
+the middle without stepping on each other; an owner simply skips chunks a thief holds. Finding a victim lists
+``done/`` once and the folders of a few unfinished shards picked at random (all of them only when the sample
+finds nothing), so its cost does not grow with the run's size.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from hpcgen.rundir.chunks import chunk_bounds, num_chunks
+from hpcgen.rundir.layout import RunLayout, ShardScan
+from hpcgen.rundir.leases import Liveness, claim, holder
+
+log = logging.getLogger("hpcgen.task.work")
+SAMPLE = 16
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A chunk this task holds: generation ``gen`` of its lease."""
+
+    shard: int
+    chunk: int
+    gen: int
+    start: int
+    end: int
+    stolen: bool
+
+
+class WorkQueue:
+    def __init__(self, layout: RunLayout, manifest: dict[str, Any], tag: str, own: list[int], *, steal: bool,
+                 timeout_s: float, rng: random.Random | None = None) -> None:
+        self.layout, self.manifest, self.tag = layout, manifest, tag
+        self.own, self.steal, self.timeout_s = list(own), steal, timeout_s
+        self.rng = rng or random.Random()
+        self._cursor = {s: 0 for s in own}  # owners move front to back
+        self.held: set[tuple[int, int]] = set()
+        self.scans = 0
+
+    # --- inspection ----------------------------------------------------------------------------------
+    def _scan(self, shard: int) -> ShardScan:
+        self.scans += 1
+        return self.layout.scan(shard)
+
+    def _available(self, shard: int, chunk: int, scan: ShardScan, live: Liveness) -> int | None:
+        """The lease generation to claim if the chunk is work, else None."""
+        if chunk in scan.done:
+            return None
+        gen = scan.leases.get(chunk)
+        if gen is None:
+            return 0
+        who = holder(self.layout, shard, chunk, gen)
+        if who is None:  # a lease being written this instant, or unreadable: not ours to judge yet
+            return None
+        if who == self.tag:  # ours if this run claimed it; else an earlier run under the same name, gone
+            return None if (shard, chunk) in self.held else gen + 1
+        return None if live.alive(who) else gen + 1
+
+    def _try(self, shard: int, chunk: int, gen: int, stolen: bool) -> Claim | None:
+        if not claim(self.layout, shard, chunk, gen, self.tag):
+            return None
+        self.held.add((shard, chunk))
+        if gen:
+            log.info("took over shard %d chunk %d (generation %d): its holder is gone", shard, chunk, gen)
+        lo, hi = chunk_bounds(self.manifest, shard, chunk)
+        return Claim(shard, chunk, gen, lo, hi, stolen)
+
+    # --- the two phases --------------------------------------------------------------------------------
+    def next(self) -> Claim | None:
+        return self._own() or (self._steal() if self.steal else None)
+
+    def _own(self) -> Claim | None:
+        for shard in self.own:
+            n = num_chunks(self.manifest, shard)
+            while self._cursor[shard] < n:
+                scan, live = self._scan(shard), Liveness(self.layout, self.timeout_s)
+                chunk = self._cursor[shard]
+                self._cursor[shard] += 1
+                gen = self._available(shard, chunk, scan, live)
+                if gen is not None and (got := self._try(shard, chunk, gen, stolen=False)):
+                    return got
+        return None
+
+    def _steal(self) -> Claim | None:
+        for _ in range(8):  # a lost race for a chunk: look again
+            done = self.layout.list_done()
+            candidates = [s for s in range(len(self.manifest["shards"])) if s not in done]
+            if not candidates:
+                return None
+            self.rng.shuffle(candidates)
+            found = self._best(candidates[:SAMPLE]) or (
+                self._best(candidates[SAMPLE:]) if len(candidates) > SAMPLE else None)
+            if found is None:
+                return None
+            shard, chunk, gen = found
+            got = self._try(shard, chunk, gen, stolen=shard not in self.own)
+            if got is not None:
+                return got
+        return None
+
+    def _best(self, shards: list[int]) -> tuple[int, int, int] | None:
+        """(shard, chunk, generation): the last available chunk of the shard with the most available."""
+        live = Liveness(self.layout, self.timeout_s)
+        best: tuple[int, int, int, int] | None = None  # (count, shard, chunk, gen)
+        for shard in shards:
+            scan = self._scan(shard)
+            n = num_chunks(self.manifest, shard)
+            if len(scan.done) >= n:
+                continue
+            avail = [(c, g) for c in range(n) if (g := self._available(shard, c, scan, live)) is not None]
+            if avail and (best is None or len(avail) > best[0]):
+                best = (len(avail), shard, *avail[-1])
+        return None if best is None else best[1:]  # type: ignore[return-value]
+
+    def still_mine(self, c: Claim) -> bool:
+        """No higher generation of the chunk's lease exists (nobody took it over)."""
+        return not self.layout.lease(c.shard, c.chunk, c.gen + 1).exists()
