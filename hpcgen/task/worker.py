@@ -57,9 +57,7 @@ def generate_rows(engine: Any, prompts: Iterator[tuple[int, Any]], writer: Any, 
 
     inflight: dict[int, bool] = {}
     exhausted = False
-    # Fault tests only (set through the job's env): a pause after each engine step, so that a kill, requeue or
-    # time limit lands mid-shard however fast the machine generates. Unset in real runs.
-    pace = float(os.environ.get("HPCGEN_TEST_STEP_DELAY_S") or 0)
+    pace = _test_pace()
     writer.last_flush = time.monotonic()
     while True:
         while not exhausted and len(inflight) < window:
@@ -84,6 +82,17 @@ def generate_rows(engine: Any, prompts: Iterator[tuple[int, Any]], writer: Any, 
         if pace:
             time.sleep(pace)
     writer.flush()
+
+
+def _test_pace() -> float:
+    """Fault tests only: a pause after each engine step, so that a kill, requeue or time limit lands mid-shard
+    however fast the machine generates. ``HPCGEN_TEST_STEP_DELAY_S`` is seconds for every task, or
+    ``INDEX=SECONDS,...`` per array task index (a slow shard next to fast ones). Unset in real runs."""
+    value = os.environ.get("HPCGEN_TEST_STEP_DELAY_S") or ""
+    if "=" not in value:
+        return float(value or 0)
+    per_task = dict(item.split("=", 1) for item in value.split(","))
+    return float(per_task.get(os.environ.get("SLURM_ARRAY_TASK_ID", ""), 0))
 
 
 class ShardTask(submitit.helpers.Checkpointable):
