@@ -27,8 +27,9 @@ def merge_and_score(run_dir: str) -> dict[str, Any]:
     res = merge_run(layout.root)
     settings = load_manifest(layout.root)["job"].get("score", {})
     custom = settings.get("custom_path")
-    report = score_file(Path(res.output), custom_path=Path(custom) if custom else None,
-                        custom_name=settings.get("custom_name") or "compute_score")
+    report = score_file(Path(res.output), grader=settings.get("grader") or "verl",
+                        custom_path=Path(custom) if custom else None,
+                        custom_name=settings.get("custom_name") or "compute_score", progress=False)
     write_report(report, layout.scores)
     log.info("merged %d rows into %s; scores in %s", res.rows, res.output, layout.scores)
     return {"output": res.output, "scores": str(layout.scores), "overall": report["overall"]}

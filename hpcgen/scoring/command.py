@@ -27,15 +27,22 @@ def resolve_target(target: Path) -> tuple[Path, Path, dict[str, Any]]:
 
 
 def run_score(a: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from hpcgen.scoring.graders import DEFAULT_GRADER, check_grader_name
     from hpcgen.scoring.score import format_table, score_file, write_report
 
+    if a.grader is not None:
+        check_grader_name(a.grader)  # before looking at the target: a typo is reported first
     merged, scores_path, settings = resolve_target(Path(a.target))
+    grader = a.grader or settings.get("grader") or DEFAULT_GRADER
     custom_path, custom_name = settings.get("custom_path"), settings.get("custom_name") or "compute_score"
     if a.custom:
         custom_path, _, name = a.custom.partition(":")
         custom_name = name or "compute_score"
-    report = score_file(merged, custom_path=Path(custom_path) if custom_path else None, custom_name=custom_name,
-                        per_sample_output=Path(a.per_sample) if a.per_sample else None)
+    if a.workers is not None and a.workers < 0:
+        raise ScoreError(f"--workers must be 0 (automatic) or more, got {a.workers}")
+    report = score_file(merged, grader=grader, custom_path=Path(custom_path) if custom_path else None,
+                        custom_name=custom_name, per_sample_output=Path(a.per_sample) if a.per_sample else None,
+                        compare=a.compare, workers=a.workers or None)
     out = Path(a.output) if a.output else scores_path
     write_report(report, out)
     report["scores_path"] = str(out)
