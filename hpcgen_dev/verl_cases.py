@@ -50,8 +50,7 @@ def _gsm_answer(rng: random.Random, truth: str) -> str:
     return rng.choice(forms)
 
 
-def _gsm(rng: random.Random) -> tuple[str, str]:
-    truth = rng.choice(GSM_TRUTHS)
+def _gsm(rng: random.Random, truth: str) -> str:
     marker = rng.choice(["#### ", "#### ", "#### ", "####", "####  ", "### ", "##### ", "#### $", "#### -"])
     core = f"{marker}{_gsm_answer(rng, truth)}"
     r = rng.random()
@@ -62,7 +61,7 @@ def _gsm(rng: random.Random) -> tuple[str, str]:
         core = f"The answer is {_gsm_answer(rng, truth)}."
     elif r < 0.32:
         core = _soup(rng, ["#", "#### ", " ", "-", "1", "8", ".", ",", "$", "\n", "0"], 30)
-    return _pad(rng, core), truth
+    return _pad(rng, core)
 
 
 # ---------------------------------------------------------------------------------------------- MATH
@@ -91,14 +90,13 @@ def _box(rng: random.Random, ans: str) -> str:
     return rng.choice(forms)
 
 
-def _math(rng: random.Random) -> tuple[str, str]:
-    truth = rng.choice(MATH_TRUTHS)
+def _math(rng: random.Random, truth: str) -> str:
     if rng.random() < 0.2:
         ans = _soup(rng, ["\\frac", "{", "}", "1", "2", " ", "/", "=", "\\sqrt", "\\text{ ", "\\left", "\\right",
                           ".", ",", "^\\circ", "\\%", "\n", "-", "\\$", "\\!", "0.5", "a", "x"], 12)
     else:
         ans = rng.choice(VARIANTS)(truth)
-    return _pad(rng, f"So the answer is {_box(rng, ans)}."), truth
+    return _pad(rng, f"So the answer is {_box(rng, ans)}.")
 
 
 # ---------------------------------------------------------------------------------------------- DAPO
@@ -107,8 +105,7 @@ DAPO_TRUTHS = ["5", "18", "204", "\\frac{1}{2}", "1,000", "90", "\\sqrt{3}", "10
                "\\text{(C)}", "3\\sqrt{2}", "1000"]
 
 
-def _dapo(rng: random.Random) -> tuple[str, str]:
-    truth = rng.choice(DAPO_TRUTHS)
+def _dapo(rng: random.Random, truth: str) -> str:
     ans = rng.choice(VARIANTS)(truth) if rng.random() < 0.8 else _soup(
         rng, ["a ", "an ", "$", "\\text{", "}", "{", "frac", "sqrt", "12", "=", ",", "degrees", " ", "\\boxed{",
               "mbox", "\\ldots", ".", "\\;", "1", "0"], 12)
@@ -119,7 +116,7 @@ def _dapo(rng: random.Random) -> tuple[str, str]:
                        "Answer: x = {}", "Answer: {}.", "Answer: a {}", "{}"]).format(ans)
     if rng.random() < 0.15:  # an Answer: line far from the end, a box near it
         line = f"{line}\n{_filler(rng, rng.choice([50, 120, 310]))} \\boxed{{{ans}}}"
-    return _pad(rng, line), truth
+    return _pad(rng, line)
 
 
 # ------------------------------------------------------------------------------------------------ QA
@@ -129,8 +126,13 @@ QA_TARGETS: list[list[str]] = [["The Beatles", "Beatles"], ["Paris"], ["1969"], 
                                ["the"], ["Rock 'n' roll", "rock and roll"], [], ["São Paulo"]]
 
 
-def _qa(rng: random.Random) -> tuple[str, dict[str, Any]]:
+def _qa_truth(rng: random.Random) -> dict[str, Any]:
     targets = rng.choice(QA_TARGETS)
+    return {"target": targets if rng.random() < 0.85 or len(targets) != 1 else targets[0]}
+
+
+def _qa(rng: random.Random, truth: dict[str, Any]) -> str:
+    targets = truth["target"] if isinstance(truth["target"], list) else [truth["target"]]
     base = rng.choice(targets) if targets and rng.random() < 0.75 else rng.choice(["London", "Beatles", "1970"])
     ans = rng.choice([base, base.lower(), base.upper(), f"the {base}", f"a {base}", f"{base}!", f"  {base} ",
                       f"{base}.", base.replace(" ", "  "), f"An {base}", f"{base}\n", base.replace(".", ""),
@@ -140,18 +142,24 @@ def _qa(rng: random.Random) -> tuple[str, dict[str, Any]]:
                        "<answer>{}", "{}", "<answer>\n{}\n</answer>", "<Answer>{}</Answer>",
                        "<answer>x</answer>" * 11 + "<answer>{}</answer>", "<answer>{}</answer>" + "</answer>" * 10,
                        "<answer>{}</answer>" + "</answer>" * 11])
-    truth: dict[str, Any] = {"target": targets if rng.random() < 0.85 or len(targets) != 1 else targets[0]}
-    return _pad(rng, form.format(ans)), truth
+    return _pad(rng, form.format(ans))
 
 
 _MAKERS: dict[str, Any] = {"gsm8k": _gsm, "math": _math, "dapo": _dapo, "qa": _qa}
+_TRUTHS: dict[str, Any] = {"gsm8k": lambda rng: rng.choice(GSM_TRUTHS), "math": lambda rng: rng.choice(MATH_TRUTHS),
+                           "dapo": lambda rng: rng.choice(DAPO_TRUTHS), "qa": _qa_truth}
+
+
+def rows(family: str, count: int, n: int, seed: int = 0) -> list[tuple[str, list[str], Any]]:
+    """``count`` rows (data_source, n responses to one ground truth, ground_truth) of one family."""
+    rng = random.Random(f"{family}-rows-{seed}")
+    out = []
+    for _ in range(count):
+        truth = _TRUTHS[family](rng)
+        out.append((rng.choice(SOURCES[family]), [_MAKERS[family](rng, truth) for _ in range(n)], truth))
+    return out
 
 
 def cases(family: str, count: int = 600, seed: int = 0) -> list[tuple[str, str, Any]]:
     """``count`` (data_source, response, ground_truth) cases of one family, deterministic."""
-    rng = random.Random(f"{family}-{seed}")
-    out = []
-    for _ in range(count):
-        response, truth = _MAKERS[family](rng)
-        out.append((rng.choice(SOURCES[family]), response, truth))
-    return out
+    return [(ds, responses[0], truth) for ds, responses, truth in rows(family, count, 1, seed)]

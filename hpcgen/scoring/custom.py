@@ -31,6 +31,9 @@ class CustomScorer:
     def rules(self, data_source: str) -> str:
         return self.name
 
+    def uses_extra_info(self, data_source: str) -> bool:
+        return True
+
     def _to_sample(self, result: Any) -> Sample:
         pred: Any = None
         has_pred = False

@@ -41,25 +41,64 @@ class BatchResult:
     extracted: list[list[str | None]] | None = None
     disagreements: list[list[dict[str, Any]]] | None = None
 
+    def merge(self, other: BatchResult) -> None:
+        """Add the sums of rows graded after these (per-sample lists are not merged)."""
+        self.rows += other.rows
+        self.samples += other.samples
+        for mine, theirs in ((self.by_ds, other.by_ds), (self.other_by_ds, other.other_by_ds)):
+            for ds, acc in theirs.items():
+                mine.setdefault(ds, Accumulator()).merge(acc)
+        for ds, k in other.differ.items():
+            self.differ[ds] = self.differ.get(ds, 0) + k
+        self.rules.update(other.rules)
+        self.other_rules.update(other.other_rules)
 
-def _ground_truth(row: dict[str, Any], index: int, ds: str) -> Any:
-    rm = row.get("reward_model")
-    if not isinstance(rm, dict) or rm.get("ground_truth") is None:
-        raise ScoreError(f"row {index} (data_source {ds!r}): reward_model.ground_truth is missing")
-    return rm["ground_truth"]
+
+@dataclass
+class _Columns:
+    """A batch as columns of Python values (cheaper than one dict per row)."""
+
+    data_source: list[Any]
+    responses: list[Any]
+    ground_truth: list[Any]  # None where reward_model or its ground_truth is missing
+    gen_error: list[Any] | None
+    extra: Any  # callable: row offset -> extra_info
+
+    @classmethod
+    def of(cls, rows: Any) -> _Columns:
+        if isinstance(rows, list):  # jsonl: one dict per row
+            gts = [rm.get("ground_truth") if isinstance(rm := r.get("reward_model"), dict) else None for r in rows]
+            return cls([r.get("data_source") for r in rows], [r.get("responses") for r in rows], gts,
+                       [r.get("gen_error") for r in rows], lambda i: rows[i].get("extra_info"))
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        names = rows.schema.names
+        rm = rows.column("reward_model")
+        if pa.types.is_struct(rm.type) and rm.type.get_field_index("ground_truth") >= 0:
+            gts = pc.struct_field(rm, "ground_truth").to_pylist()
+        else:
+            gts = [None] * rows.num_rows
+        extra_col = rows.column("extra_info") if "extra_info" in names else None
+        return cls(rows.column("data_source").to_pylist(), rows.column("responses").to_pylist(), gts,
+                   rows.column("gen_error").to_pylist() if "gen_error" in names else None,
+                   lambda i: None if extra_col is None else extra_col[i].as_py())
 
 
-def _responses(row: dict[str, Any], index: int) -> list[str]:
-    responses = row.get("responses")
+def _responses(responses: Any, index: int) -> list[str]:
     if responses is not None and not isinstance(responses, list | tuple):
         raise ScoreError(f"row {index}: responses must be a list of strings, got {type(responses).__name__}")
-    return [r if isinstance(r, str) else "" if r is None else str(r) for r in responses or []]
+    if not responses:
+        return []
+    if all(type(r) is str for r in responses):
+        return responses if isinstance(responses, list) else list(responses)
+    return [r if isinstance(r, str) else "" if r is None else str(r) for r in responses]
 
 
-def _grade(grader: RowScorer, ds: str, responses: list[str], truth: Any, row: dict[str, Any],
+def _grade(grader: RowScorer, ds: str, responses: list[str], truth: Any, extra: Any,
            index: int) -> list[Sample]:
     try:
-        samples = grader.score_row(ds, responses, truth, row.get("extra_info"))
+        samples = grader.score_row(ds, responses, truth, extra)
     except ScoreError as exc:
         raise ScoreError(f"row {index} (data_source {ds!r}): {exc}") from exc
     if len(samples) != len(responses):  # our own invariant, not user input
@@ -73,31 +112,32 @@ def _safe(name: str) -> str:
 
 def grade_rows(rows: Any, first_index: int, job: GradeJob) -> BatchResult:
     """Grade ``rows`` (a RecordBatch or a list of row dicts) whose first row is row ``first_index``."""
-    if not isinstance(rows, list):
-        rows = rows.to_pylist()
+    cols = _Columns.of(rows)
     grader = make_grader(job.grader)
     other = make_grader(job.compare) if job.compare is not None else None
-    res = BatchResult(rows=len(rows))
+    res = BatchResult(rows=len(cols.data_source))
     if job.want_samples:
         res.scores, res.extracted = [], []
         res.disagreements = [] if other is not None else None
-    for offset, row in enumerate(rows):
+    extra_for: dict[str, bool] = {}
+    for offset, ds in enumerate(cols.data_source):
         index = first_index + offset
-        ds = row.get("data_source")
-        if not isinstance(ds, str) or not ds:
-            raise ScoreError(f"row {index}: data_source is missing or not a string ({ds!r})")
-        if ds not in res.rules:
+        if type(ds) is not str or ds not in res.rules:
+            if not isinstance(ds, str) or not ds:
+                raise ScoreError(f"row {index}: data_source is missing or not a string ({ds!r})")
             try:
                 res.rules[ds] = grader.rules(ds)
             except ScoreError as exc:
                 raise ScoreError(f"row {index}: {exc}") from exc
+            extra_for[ds] = grader.uses_extra_info(ds)
             if other is not None:
                 try:
                     res.other_rules[ds] = other.rules(ds)
+                    extra_for[ds] = extra_for[ds] or other.uses_extra_info(ds)
                 except ScoreError:
                     res.other_rules[ds] = None
-        responses = _responses(row, index)
-        failed = bool(row.get("gen_error")) or not responses
+        responses = _responses(cols.responses[offset], index)
+        failed = (cols.gen_error is not None and bool(cols.gen_error[offset])) or not responses
         acc = res.by_ds.get(ds)
         if acc is None:
             acc = res.by_ds[ds] = Accumulator()
@@ -109,13 +149,16 @@ def grade_rows(rows: Any, first_index: int, job: GradeJob) -> BatchResult:
                 res.other_by_ds.setdefault(ds, Accumulator()).add(True, samples)
             theirs: Sequence[Sample] = samples
         else:
-            truth = _ground_truth(row, index, ds)
-            samples = _grade(grader, ds, responses, truth, row, index)
+            truth = cols.ground_truth[offset]
+            if truth is None:
+                raise ScoreError(f"row {index} (data_source {ds!r}): reward_model.ground_truth is missing")
+            extra = cols.extra(offset) if extra_for[ds] else None
+            samples = _grade(grader, ds, responses, truth, extra, index)
             acc.add(False, samples)
             res.samples += len(samples)
             theirs = samples
             if cmp is not None:
-                theirs = _grade(cmp, ds, responses, truth, row, index)
+                theirs = _grade(cmp, ds, responses, truth, extra, index)
                 res.other_by_ds.setdefault(ds, Accumulator()).add(False, theirs)
         if cmp is not None and job.compare is not None:
             diff = [i for i, (a, b) in enumerate(zip(samples, theirs, strict=True))

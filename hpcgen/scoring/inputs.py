@@ -123,6 +123,63 @@ def iter_parquet(path: Path, need_all: bool) -> Iterator[Batch]:
             raise ScoreError(f"cannot read parquet {path}: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class Unit:
+    """A share of a parquet file a worker process reads and grades itself: every ``parts``-th batch
+    (starting at ``part``) of row group ``group``, whose first row is row ``first_index``."""
+
+    path: str
+    group: int
+    part: int
+    parts: int
+    first_index: int
+    rows: int
+    batch_rows: int
+    columns: tuple[str, ...]
+
+
+def parquet_units(path: Path, workers: int) -> list[Unit]:
+    """Split a parquet file into units: whole row groups when there are enough of them, else each row group
+    in ``workers`` interleaved shares (each share then decompresses its whole row group)."""
+    pf = _open_parquet(path)
+    with contextlib.closing(pf):
+        names = pf.schema_arrow.names
+        columns = (*REQUIRED_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in names))
+        batch_rows = _batch_rows(pf, list(columns))
+        md = pf.metadata
+        units, first = [], 0
+        for g in range(md.num_row_groups):
+            rows = md.row_group(g).num_rows
+            batches = -(-rows // batch_rows)
+            parts = 1 if md.num_row_groups >= 2 * workers else max(1, min(workers, batches))
+            for part in range(parts):
+                share = sum(min(batch_rows, rows - b * batch_rows) for b in range(part, batches, parts))
+                units.append(Unit(str(path), g, part, parts, first, share, batch_rows, columns))
+            first += rows
+        return units
+
+
+_OPEN: dict[str, Any] = {}
+
+
+def iter_unit(unit: Unit) -> Iterator[Batch]:
+    """The batches of one unit (in a worker process; the file stays open for the worker's next unit)."""
+    import pyarrow as pa
+
+    pf = _OPEN.get(unit.path)
+    if pf is None:
+        pf = _OPEN[unit.path] = _open_parquet(Path(unit.path))
+    index = unit.first_index
+    try:
+        for i, rb in enumerate(pf.iter_batches(batch_size=unit.batch_rows, row_groups=[unit.group],
+                                               columns=list(unit.columns), use_threads=False)):
+            if i % unit.parts == unit.part:
+                yield Batch(rb, None, index, rb.num_rows)
+            index += rb.num_rows
+    except pa.ArrowException as exc:
+        raise ScoreError(f"cannot read parquet {unit.path}: {exc}") from exc
+
+
 def iter_jsonl(path: Path) -> Iterator[Batch]:
     try:
         fh = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the with below

@@ -246,6 +246,9 @@ class MathVerifyGrader:
             raise unknown_data_source(data_source)
         return RULES[kind]
 
+    def uses_extra_info(self, data_source: str) -> bool:
+        return False
+
     def score_row(
         self, data_source: str, responses: Sequence[str], ground_truth: Any, extra_info: Any = None
     ) -> list[Sample]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -40,6 +40,9 @@ def pass_curve(n: int, c: int) -> tuple[float, ...]:
 
 def maj_curve(samples: Sequence[Sample]) -> list[float]:
     """(maj@1, ..., maj@n) for one row: 1.0 where the vote over the first k samples is correct."""
+    first_key = samples[0].key if samples else None
+    if first_key is not None and all(s.key == first_key for s in samples):  # one answer throughout
+        return [1.0 if samples[0].score > CORRECT_THRESHOLD else 0.0] * len(samples)
     counts: dict[str, int] = {}
     first: dict[str, int] = {}
     rep_score: dict[str, float] = {}
@@ -65,11 +68,14 @@ def maj_curve(samples: Sequence[Sample]) -> list[float]:
 
 
 def _add_prefix(acc: list[float] | None, row: Sequence[float]) -> list[float]:
-    """Element-wise sum over the common prefix (only k <= min n is ever reported)."""
+    """Element-wise sum over the common prefix (only k <= min n is ever reported); in place."""
     if acc is None:
         return list(row)
-    m = min(len(acc), len(row))
-    return [acc[i] + row[i] for i in range(m)]
+    if len(row) < len(acc):
+        del acc[len(row):]
+    for i in range(len(acc)):
+        acc[i] += row[i]
+    return acc
 
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
@@ -86,7 +92,7 @@ class Accumulator:
     mean_sum: float = 0.0
     reward_sum: float = 0.0
     has_reward: bool = False
-    pass_sum: list[float] | None = None
+    pass_counts: dict[tuple[int, int], int] = field(default_factory=dict)  # (n, correct) -> rows
     maj_sum: list[float] | None = None
     votes: bool = True
     w_mean: float = 0.0  # Welford: running mean and sum of squared deviations of the row means
@@ -104,16 +110,31 @@ class Accumulator:
             self._observe(0.0)
             return
         n = len(samples)
-        self.min_n = n if self.min_n is None else min(self.min_n, n)
-        row_mean = sum(s.score for s in samples) / n
+        if self.min_n is None or n < self.min_n:
+            self.min_n = n
+        total = reward = 0.0
+        c = 0
+        votes = True
+        for s in samples:
+            score = s[0]
+            total += score
+            if score > CORRECT_THRESHOLD:
+                c += 1
+            r = s[4]
+            if r is None:
+                reward += score
+            else:
+                reward += r
+                self.has_reward = True
+            if not s[3]:
+                votes = False
+        row_mean = total / n
         self.mean_sum += row_mean
         self._observe(row_mean)
-        if any(s.reward is not None for s in samples):
-            self.has_reward = True
-        self.reward_sum += sum(s.score if s.reward is None else s.reward for s in samples) / n
-        c = sum(1 for s in samples if s.score > CORRECT_THRESHOLD)
-        self.pass_sum = _add_prefix(self.pass_sum, pass_curve(n, c))
-        if self.votes and all(s.votes for s in samples):
+        self.reward_sum += reward / n
+        key = (n, c)
+        self.pass_counts[key] = self.pass_counts.get(key, 0) + 1
+        if self.votes and votes:
             self.maj_sum = _add_prefix(self.maj_sum, maj_curve(samples))
         else:
             self.votes = False
@@ -134,8 +155,8 @@ class Accumulator:
         self.mean_sum += other.mean_sum
         self.reward_sum += other.reward_sum
         self.has_reward = self.has_reward or other.has_reward
-        if other.pass_sum is not None:
-            self.pass_sum = _add_prefix(self.pass_sum, other.pass_sum)
+        for key, count in other.pass_counts.items():
+            self.pass_counts[key] = self.pass_counts.get(key, 0) + count
         self.votes = self.votes and other.votes
         if not self.votes:
             self.maj_sum = None
@@ -153,9 +174,14 @@ class Accumulator:
             out["mean_ci95"] = [mean - Z95 * se, mean + Z95 * se]
         if self.has_reward:
             out["mean_reward"] = self.reward_sum / rows if rows else 0.0
-        if n and self.pass_sum is not None:
+        if n and self.pass_counts:
+            pass_sum = [0.0] * n
+            for (row_n, c), count in sorted(self.pass_counts.items()):
+                curve = pass_curve(row_n, c)
+                for k in range(n):
+                    pass_sum[k] += count * curve[k]
             for k in range(1, n + 1):
-                out[f"pass@{k}"] = self.pass_sum[k - 1] / rows
+                out[f"pass@{k}"] = pass_sum[k - 1] / rows
             if self.votes and self.maj_sum is not None:
                 for k in range(1, n + 1):
                     out[f"maj@{k}"] = self.maj_sum[k - 1] / rows

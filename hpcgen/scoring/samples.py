@@ -28,3 +28,7 @@ class RowScorer(Protocol):
     def rules(self, data_source: str) -> str:
         """Which rules grade this data_source (raises ScoreError when none do)."""
         ...
+
+    def uses_extra_info(self, data_source: str) -> bool:
+        """Whether ``score_row`` looks at ``extra_info`` for this data_source (else it gets None)."""
+        ...

@@ -26,7 +26,6 @@ scorer (:mod:`hpcgen.scoring.custom`). With ``compare``, the other built-in grad
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,26 +38,6 @@ from hpcgen.scoring.metrics import Accumulator
 from hpcgen.scoring.report import format_table, write_report
 
 __all__ = ["format_table", "score_file", "write_report"]
-
-
-@dataclass
-class _Totals:
-    by_ds: dict[str, Accumulator] = field(default_factory=dict)
-    other_by_ds: dict[str, Accumulator] = field(default_factory=dict)
-    differ: dict[str, int] = field(default_factory=dict)
-    rules: dict[str, str] = field(default_factory=dict)
-    other_rules: dict[str, str | None] = field(default_factory=dict)
-    rows: int = 0
-
-    def add(self, res: BatchResult) -> None:
-        self.rows += res.rows
-        for mine, theirs in ((self.by_ds, res.by_ds), (self.other_by_ds, res.other_by_ds)):
-            for ds, acc in theirs.items():
-                mine.setdefault(ds, Accumulator()).merge(acc)
-        for ds, k in res.differ.items():
-            self.differ[ds] = self.differ.get(ds, 0) + k
-        self.rules.update(res.rules)
-        self.other_rules.update(res.other_rules)
 
 
 def _section(label: str, by_ds: dict[str, Accumulator], rules: dict[str, Any]) -> dict[str, Any]:
@@ -121,13 +100,17 @@ def score_file(
     if custom_path is not None:
         n_workers = 1
     show = progress if progress is not None else (sys.stderr.isatty() and parallel.is_long(info))
-    totals = _Totals()
+    totals = BatchResult()
 
     def run(out: Any) -> None:
-        batches = inputs.iter_file(path, fmt, need_all=out is not None)
         with parallel.progress_bar(show, info.rows, f"grading ({spec.label})") as advance:
+            if out is None and fmt == "parquet" and n_workers > 1:  # the workers read the file themselves
+                for res in parallel.graded_units(path, job, n_workers, advance):
+                    totals.merge(res)
+                return
+            batches = inputs.iter_file(path, fmt, need_all=out is not None)
             for batch, res in parallel.graded(batches, job, n_workers, advance):
-                totals.add(res)
+                totals.merge(res)
                 if out is not None and res.scores is not None and res.extracted is not None:
                     out.write(batch.raw, res.scores, res.extracted, res.disagreements)
 

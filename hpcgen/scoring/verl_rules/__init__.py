@@ -136,6 +136,9 @@ class VerlGrader:
             _verl_default_compute_score(data_source)
         return RULES[fam]
 
+    def uses_extra_info(self, data_source: str) -> bool:
+        return family(data_source) == "external"
+
     def score_row(
         self, data_source: str, responses: Sequence[str], ground_truth: Any, extra_info: Any = None
     ) -> list[Sample]:
