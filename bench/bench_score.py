@@ -87,15 +87,34 @@ def baseline_child(path: str) -> None:
     common.emit_child({"seconds": time.perf_counter() - t0, "means": means})
 
 
+def uncached_child(path: str) -> None:
+    """hpcgen in one process with its caches of normalised answers turned off (what a file whose answers
+    never repeat would cost)."""
+    from hpcgen.scoring.score import score_file
+    from hpcgen.scoring.verl_rules import dapo, math_reward, qa_em
+
+    math_reward.strip_string = math_reward.strip_string.__wrapped__  # type: ignore[attr-defined]
+    dapo.normalize_final_answer = dapo.normalize_final_answer.__wrapped__  # type: ignore[attr-defined]
+    qa_em.normalize = qa_em.normalize.__wrapped__  # type: ignore[attr-defined]
+    t0 = time.perf_counter()
+    score_file(Path(path), workers=1, progress=False)
+    common.emit_child({"seconds": time.perf_counter() - t0})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=250_000)
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--workers", type=int, default=0, help="hpcgen score --workers (0: automatic)")
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--child-baseline")
+    ap.add_argument("--child-uncached")
     a = ap.parse_args()
     if a.child_baseline:
         baseline_child(a.child_baseline)
+        return
+    if a.child_uncached:
+        uncached_child(a.child_uncached)
         return
     from hpcgen_dev.verl_oracle import fetch_wheel
 
@@ -103,24 +122,33 @@ def main() -> None:
     fetch_wheel(cache)
     path = make_input(a.rows, a.n)
     samples = a.rows * a.n
-    base = common.run_measured([common.PY, __file__, "--child-baseline", str(path)], timeout=3600)
-    b = common.child_json(base)
+    b: dict = {}
+    # Best of several runs each, alternated: this machine is shared and noisy.
     out = common.bench_dir("out") / "scores.json"
-    res = common.run_measured([common.PY, "-m", "hpcgen", "score", str(path), "--json", "--output", str(out),
-                               "--workers", str(a.workers)], timeout=3600)
-    report = json.loads(res["stdout"])
-    one = common.run_measured([common.PY, "-m", "hpcgen", "score", str(path), "--json", "--output", str(out),
-                               "--workers", "1"], timeout=3600)
+    cmd = [common.PY, "-m", "hpcgen", "score", str(path), "--json", "--output", str(out)]
+    walls: dict[str, list[float]] = {"auto": [], "one": []}
+    base_secs: list[float] = []
+    report: dict = {}
+    for _ in range(a.repeat):
+        b = common.child_json(common.run_measured([common.PY, __file__, "--child-baseline", str(path)], timeout=3600))
+        base_secs.append(b["seconds"])
+        res = common.run_measured([*cmd, "--workers", str(a.workers)], timeout=3600)
+        walls["auto"].append(res["wall_s"])
+        report = json.loads(res["stdout"])
+        walls["one"].append(common.run_measured([*cmd, "--workers", "1"], timeout=3600)["wall_s"])
     diff = max(abs(report["by_data_source"][ds]["mean"] - m) for ds, m in b["means"].items())
-    secs = res["wall_s"]
+    secs, one, base = min(walls["auto"]), min(walls["one"]), min(base_secs)
     common.report(B, f"grade {samples:,} samples with the verl grader (hpcgen score, wall incl. start-up)",
                   secs, "s", "< 60 s", secs < 60, f"{os.cpu_count()} CPUs, {samples / secs:,.0f} samples/s")
     common.report(B, "verl's functions in a plain loop over the same samples (reading included)",
-                  b["seconds"] + 0.0, "s", note=f"{samples / b['seconds']:,.0f} samples/s")
-    common.report(B, "ratio baseline_time / hpcgen_time", b["seconds"] / secs, "", "≥ 1",
-                  b["seconds"] / secs >= 1, f"{b['seconds']:.1f} s vs {secs:.1f} s")
-    common.report(B, "the same in one process (--workers 1)", one["wall_s"], "s",
-                  note=f"ratio to the baseline {b['seconds'] / one['wall_s']:.2f}")
+                  base, "s", note=f"{samples / base:,.0f} samples/s")
+    common.report(B, "ratio baseline_time / hpcgen_time", base / secs, "", "≥ 1",
+                  base / secs >= 1, f"{base:.1f} s vs {secs:.1f} s; best of {a.repeat} each")
+    common.report(B, "the same in one process (--workers 1)", one, "s",
+                  note=f"ratio to the baseline {base / one:.2f}")
+    unc = common.child_json(common.run_measured([common.PY, __file__, "--child-uncached", str(path)], timeout=3600))
+    common.report(B, "one process, caches of normalised answers off (answers that never repeat)", unc["seconds"],
+                  "s", note=f"ratio to the baseline {base / unc['seconds']:.2f}")
     common.report(B, "largest |hpcgen - verl| per-data_source mean", diff, "", "≤ 1e-9", diff <= 1e-9)
 
 
