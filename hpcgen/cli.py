@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compare", action="store_true", help="grade with both graders, side by side")
     s.add_argument("--custom", help="custom scorer FILE.py[:FUNCTION] (verl's compute_score convention)")
     s.add_argument("--workers", type=int, help="grading processes (default: automatic; 1: none)")
+    s.add_argument("--response-key", help="the responses column (default: the run's merge.response_key, "
+                   "else 'responses')")
     s.set_defaults(fn=cmd_score)
     return p
 

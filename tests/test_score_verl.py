@@ -192,7 +192,7 @@ def test_parquet_units_cover_every_row_once(tmp_path, monkeypatch):
         src = tmp_path / f"m{row_group}.parquet"
         pq.write_table(pa.Table.from_pylist(records(ROWS * 30)), src, row_group_size=row_group)
         for workers in (2, 3):
-            units = parquet_units(src, workers)
+            units = parquet_units(src, workers, inputs.Keys())
             seen = [(b.first_index, b.count) for u in units for b in iter_unit(u)]
             rows = sorted(i for first, count in seen for i in range(first, first + count))
             assert rows == list(range(len(ROWS) * 30))
@@ -341,3 +341,27 @@ def test_scoring_imports_no_heavy_package(tmp_path):
     res = subprocess.run([sys.executable, "-c", code, str(src)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_renamed_columns_of_a_run_are_the_ones_graded(tmp_path):
+    # merge.response_key / metadata_prefix rename the generated columns when the input already has them:
+    # score must grade the generated ones, not the input's own 'responses'.
+    recs = [{"data_source": GSM, "responses": ["#### 1"], "answers": ["#### 2", "#### 2"],
+             "gen_gen_error": None, "reward_model": {"style": "rule", "ground_truth": "2"}},
+            {"data_source": GSM, "responses": ["#### 2"], "answers": ["#### 2"], "gen_gen_error": "oom",
+             "reward_model": {"style": "rule", "ground_truth": "2"}}]
+    merged = tmp_path / "out.parquet"
+    pq.write_table(pa.Table.from_pylist(recs), merged)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"format": FORMAT, "job": {
+        "data": {"output_path": str(merged)}, "merge": {"response_key": "answers", "metadata_prefix": "gen_"}}}))
+    for workers in ("1", "2"):
+        res = hpcgen("score", str(run), "--json", "--workers", workers)
+        assert res.returncode == 0, res.stderr
+        overall = json.loads(res.stdout)["overall"]
+        assert (overall["mean"], overall["errors"], overall["n"]) == (0.5, 1, 2)
+    res = hpcgen("score", str(merged), "--json", "--response-key", "answers")
+    assert json.loads(res.stdout)["overall"]["mean"] == 1.0  # a file: no gen_gen_error, both rows graded
+    res = hpcgen("score", str(merged), "--json")
+    assert json.loads(res.stdout)["overall"]["mean"] == 0.5  # the input's own column

@@ -1,6 +1,7 @@
 """Reading a merged output file in batches: ``.parquet`` (record batches, sized from the file's metadata so
 memory stays bounded) or ``.jsonl``. Columns: ``responses``, ``data_source``, ``reward_model``, optionally
-``extra_info`` and ``gen_error``."""
+``extra_info`` and ``gen_error`` (the first and last named as the run's ``merge.response_key`` and
+``merge.metadata_prefix`` made them: :class:`Keys`); graders always see them under those canonical names."""
 
 from __future__ import annotations
 
@@ -15,6 +16,27 @@ from hpcgen.errors import ScoreError
 
 REQUIRED_COLUMNS = ("responses", "data_source", "reward_model")
 OPTIONAL_COLUMNS = ("extra_info", "gen_error")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The file's names for the canonical ``responses`` and ``gen_error`` columns."""
+
+    responses: str = "responses"
+    gen_error: str = "gen_error"
+
+    def file_name(self, canonical: str) -> str:
+        return {"responses": self.responses, "gen_error": self.gen_error}.get(canonical, canonical)
+
+    def present(self, names: list[str]) -> tuple[list[str], list[str]]:
+        """(the file's column names to read, their canonical names)."""
+        canon = [*REQUIRED_COLUMNS, *(c for c in OPTIONAL_COLUMNS if self.file_name(c) in names)]
+        return [self.file_name(c) for c in canon], canon
+
+    def canonical_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        if self == Keys():
+            return row
+        return {c: row.get(self.file_name(c)) for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)}
 PARQUET_SUFFIXES = (".parquet", ".pq")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 JSONL_BATCH_ROWS = 256
@@ -47,7 +69,7 @@ def file_format(path: Path, what: str) -> str:
     raise ScoreError(f"{what} {path}: unsupported format {suffix or '(no suffix)'!r}; use .parquet or .jsonl")
 
 
-def _open_parquet(path: Path) -> Any:
+def _open_parquet(path: Path, keys: Keys) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -56,23 +78,23 @@ def _open_parquet(path: Path) -> Any:
     except (OSError, pa.ArrowException) as exc:
         raise ScoreError(f"cannot read parquet {path}: {exc}") from exc
     names = pf.schema_arrow.names
-    for col in REQUIRED_COLUMNS:
+    for col in map(keys.file_name, REQUIRED_COLUMNS):
         if col not in names:
             pf.close()
             raise ScoreError(f"{path} has no {col!r} column (columns: {', '.join(names)})")
     return pf
 
 
-def inspect(path: Path) -> FileInfo:
+def inspect(path: Path, keys: Keys) -> FileInfo:
     """Format, row and sample counts (parquet metadata only), size in bytes."""
     fmt = file_format(path, "input")
     size = path.stat().st_size
     if fmt == "jsonl":
         return FileInfo(fmt, None, None, size)
-    pf = _open_parquet(path)
+    pf = _open_parquet(path, keys)
     with contextlib.closing(pf):
         md = pf.metadata
-        leaf = [i for i in range(md.num_columns) if md.schema.column(i).path.split(".")[0] == "responses"]
+        leaf = [i for i in range(md.num_columns) if md.schema.column(i).path.split(".")[0] == keys.responses]
         samples = sum(md.row_group(g).column(i).num_values for g in range(md.num_row_groups) for i in leaf)
         return FileInfo(fmt, md.num_rows, samples, size)
 
@@ -106,18 +128,17 @@ def data_sources(path: Path) -> dict[str, int]:
     return out
 
 
-def iter_parquet(path: Path, need_all: bool) -> Iterator[Batch]:
+def iter_parquet(path: Path, need_all: bool, keys: Keys) -> Iterator[Batch]:
     import pyarrow as pa
 
-    pf = _open_parquet(path)
+    pf = _open_parquet(path, keys)
     with contextlib.closing(pf):
-        names = pf.schema_arrow.names
-        wanted = [*REQUIRED_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in names)]
+        wanted, canon = keys.present(pf.schema_arrow.names)
         columns = None if need_all else wanted
         index = 0
         try:
             for rb in pf.iter_batches(batch_size=_batch_rows(pf, columns), columns=columns):
-                yield Batch(rb.select(wanted), rb, index, rb.num_rows)
+                yield Batch(rb.select(wanted).rename_columns(canon), rb, index, rb.num_rows)
                 index += rb.num_rows
         except pa.ArrowException as exc:
             raise ScoreError(f"cannot read parquet {path}: {exc}") from exc
@@ -136,16 +157,17 @@ class Unit:
     rows: int
     batch_rows: int
     columns: tuple[str, ...]
+    canonical: tuple[str, ...]
+    keys: Keys
 
 
-def parquet_units(path: Path, workers: int) -> list[Unit]:
+def parquet_units(path: Path, workers: int, keys: Keys) -> list[Unit]:
     """Split a parquet file into units: whole row groups when there are enough of them, else each row group
     in ``workers`` interleaved shares (each share then decompresses its whole row group)."""
-    pf = _open_parquet(path)
+    pf = _open_parquet(path, keys)
     with contextlib.closing(pf):
-        names = pf.schema_arrow.names
-        columns = (*REQUIRED_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in names))
-        batch_rows = _batch_rows(pf, list(columns))
+        wanted, canon = keys.present(pf.schema_arrow.names)
+        batch_rows = _batch_rows(pf, wanted)
         md = pf.metadata
         units, first = [], 0
         for g in range(md.num_row_groups):
@@ -154,7 +176,8 @@ def parquet_units(path: Path, workers: int) -> list[Unit]:
             parts = 1 if md.num_row_groups >= 2 * workers else max(1, min(workers, batches))
             for part in range(parts):
                 share = sum(min(batch_rows, rows - b * batch_rows) for b in range(part, batches, parts))
-                units.append(Unit(str(path), g, part, parts, first, share, batch_rows, columns))
+                units.append(Unit(str(path), g, part, parts, first, share, batch_rows, tuple(wanted),
+                                  tuple(canon), keys))
             first += rows
         return units
 
@@ -168,19 +191,19 @@ def iter_unit(unit: Unit) -> Iterator[Batch]:
 
     pf = _OPEN.get(unit.path)
     if pf is None:
-        pf = _OPEN[unit.path] = _open_parquet(Path(unit.path))
+        pf = _OPEN[unit.path] = _open_parquet(Path(unit.path), unit.keys)
     index = unit.first_index
     try:
         for i, rb in enumerate(pf.iter_batches(batch_size=unit.batch_rows, row_groups=[unit.group],
                                                columns=list(unit.columns), use_threads=False)):
             if i % unit.parts == unit.part:
-                yield Batch(rb, None, index, rb.num_rows)
+                yield Batch(rb.rename_columns(list(unit.canonical)), None, index, rb.num_rows)
             index += rb.num_rows
     except pa.ArrowException as exc:
         raise ScoreError(f"cannot read parquet {unit.path}: {exc}") from exc
 
 
-def iter_jsonl(path: Path) -> Iterator[Batch]:
+def iter_jsonl(path: Path, keys: Keys) -> Iterator[Batch]:
     try:
         fh = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the with below
     except OSError as exc:
@@ -198,19 +221,19 @@ def iter_jsonl(path: Path) -> Iterator[Batch]:
                     raise ScoreError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
                 if not isinstance(row, dict):
                     raise ScoreError(f"{path}:{lineno}: expected a JSON object per line")
-                for col in REQUIRED_COLUMNS:
+                for col in map(keys.file_name, REQUIRED_COLUMNS):
                     if col not in row:
                         raise ScoreError(f"{path}:{lineno}: no {col!r} column")
                 rows.append(row)
                 if len(rows) >= JSONL_BATCH_ROWS:
-                    yield Batch(rows, rows, index, len(rows))
+                    yield Batch([keys.canonical_row(r) for r in rows], rows, index, len(rows))
                     index += len(rows)
                     rows = []
         except UnicodeDecodeError as exc:
             raise ScoreError(f"{path}: not UTF-8 text ({exc.reason})") from exc
         if rows:
-            yield Batch(rows, rows, index, len(rows))
+            yield Batch([keys.canonical_row(r) for r in rows], rows, index, len(rows))
 
 
-def iter_file(path: Path, fmt: str, need_all: bool) -> Iterator[Batch]:
-    return iter_parquet(path, need_all) if fmt == "parquet" else iter_jsonl(path)
+def iter_file(path: Path, fmt: str, need_all: bool, keys: Keys) -> Iterator[Batch]:
+    return iter_parquet(path, need_all, keys) if fmt == "parquet" else iter_jsonl(path, keys)

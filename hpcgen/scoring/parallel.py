@@ -13,7 +13,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 from hpcgen.scoring.grading import BatchResult, GradeJob, grade_rows
-from hpcgen.scoring.inputs import Batch, FileInfo, Unit, iter_unit, parquet_units
+from hpcgen.scoring.inputs import Batch, FileInfo, Keys, Unit, iter_unit, parquet_units
 
 # Below these sizes, starting worker processes (~0.5 s each) costs more than it saves: the verl rules grade
 # ~250,000 samples/s per core, math-verify's sympy-based equivalence a few thousand.
@@ -81,9 +81,10 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
-def graded_units(path: Any, job: GradeJob, workers: int, advance: Callable[[int], None]) -> Iterator[BatchResult]:
+def graded_units(path: Any, keys: Keys, job: GradeJob, workers: int,
+                 advance: Callable[[int], None]) -> Iterator[BatchResult]:
     """Each share of a parquet file graded by a worker that reads it itself, in file order."""
-    units = parquet_units(path, workers)
+    units = parquet_units(path, workers, keys)
     with _pool(workers) as pool:
         futures = [pool.submit(_work_unit, u, job) for u in units]
         try:

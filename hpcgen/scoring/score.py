@@ -73,6 +73,8 @@ def score_file(
     compare: bool = False,
     workers: int | None = None,
     progress: bool | None = None,
+    response_key: str = "responses",
+    gen_error_key: str = "gen_error",
 ) -> dict:
     """Score every response in ``path`` and return the report (see the module docstring).
 
@@ -80,6 +82,7 @@ def score_file(
     (``.parquet`` or ``.jsonl``), also writes the input's rows plus ``scores``, ``extracted`` (and with
     ``compare`` ``disagreements``), atomically. ``workers``: processes (None: automatic, 1: none);
     ``progress``: a progress bar on stderr (None: for long files when stderr is a terminal).
+    ``response_key``/``gen_error_key``: the file's names for those columns (a run's ``merge`` settings).
     """
     path = Path(path)
     fmt = inputs.file_format(path, "input")
@@ -93,7 +96,8 @@ def score_file(
         spec = GraderSpec(check_grader_name(grader))
     other = GraderSpec(next(g for g in GRADERS if g != spec.name)) if compare else None
     make_grader(spec)  # a custom scorer that does not load fails here, before any reading
-    info = inputs.inspect(path)
+    keys = inputs.Keys(response_key, gen_error_key)
+    info = inputs.inspect(path, keys)
     _precheck(path, fmt, spec)
     job = GradeJob(spec, other, want_samples=per_sample_output is not None)
     n_workers = parallel.auto_workers(info, job) if workers is None else max(1, int(workers))
@@ -105,10 +109,10 @@ def score_file(
     def run(out: Any) -> None:
         with parallel.progress_bar(show, info.rows, f"grading ({spec.label})") as advance:
             if out is None and fmt == "parquet" and n_workers > 1:  # the workers read the file themselves
-                for res in parallel.graded_units(path, job, n_workers, advance):
+                for res in parallel.graded_units(path, keys, job, n_workers, advance):
                     totals.merge(res)
                 return
-            batches = inputs.iter_file(path, fmt, need_all=out is not None)
+            batches = inputs.iter_file(path, fmt, out is not None, keys)
             for batch, res in parallel.graded(batches, job, n_workers, advance):
                 totals.merge(res)
                 if out is not None and res.scores is not None and res.extracted is not None:
