@@ -365,3 +365,12 @@ def test_renamed_columns_of_a_run_are_the_ones_graded(tmp_path):
     assert json.loads(res.stdout)["overall"]["mean"] == 1.0  # a file: no gen_gen_error, both rows graded
     res = hpcgen("score", str(merged), "--json")
     assert json.loads(res.stdout)["overall"]["mean"] == 0.5  # the input's own column
+
+
+def test_a_bad_row_in_a_worker_process_is_the_same_one_line_error(tmp_path):
+    rows = [(GSM, "1", ["#### 1"])] * 40 + [(GSM, None, ["#### 1"])] + [(GSM, "1", ["#### 1"])] * 40
+    src = tmp_path / "m.parquet"
+    pq.write_table(pa.Table.from_pylist(records(rows)), src, row_group_size=10)
+    for workers in (1, 2):
+        with pytest.raises(ScoreError, match=r"^row 40 \(data_source 'openai/gsm8k'\): reward_model.ground_truth is missing$"):
+            score_file(src, workers=workers)
