@@ -38,7 +38,7 @@ class Keys:
             return row
         return {c: row.get(self.file_name(c)) for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)}
 PARQUET_SUFFIXES = (".parquet", ".pq")
-JSONL_SUFFIXES = (".jsonl", ".ndjson")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")  # as merge writes them (JSON lines whatever the suffix)
 JSONL_BATCH_ROWS = 256
 BATCH_BYTES = 4 << 20  # aim for ~4 MB of (uncompressed) column data per parquet batch
 MIN_BATCH_ROWS, MAX_BATCH_ROWS = 16, 8192
