@@ -374,3 +374,10 @@ def test_a_bad_row_in_a_worker_process_is_the_same_one_line_error(tmp_path):
     for workers in (1, 2):
         with pytest.raises(ScoreError, match=r"^row 40 \(data_source 'openai/gsm8k'\): reward_model.ground_truth is missing$"):
             score_file(src, workers=workers)
+
+
+def test_json_lines_under_any_suffix_merge_writes(tmp_path):
+    for name in ("m.json", "m.NDJSON", "m.JsonL"):
+        src = tmp_path / name
+        src.write_text("".join(json.dumps(r) + "\n" for r in records(ROWS)))
+        assert score_file(src)["overall"]["rows"] == len(ROWS)
