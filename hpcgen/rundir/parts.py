@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from hpcgen.rundir import atomic
 from hpcgen.rundir.layout import PartName, RunLayout
+from hpcgen.rundir.progress import COUNTERS, TaskProgress
 
 log = logging.getLogger("hpcgen.parts")
 
@@ -77,9 +78,23 @@ def write_done(layout: RunLayout, shard: int, parts: list[PartName], errors: int
     checksum = hashlib.sha256("".join(hashes).encode()).hexdigest()
     atomic.write_json(layout.done(shard), {
         "shard": shard, "rows": sum(p.rows for p in parts), "errors": errors, "parts": entries,
-        "checksum": checksum, "job_id": jid, "finished": time.time(),
+        "checksum": checksum, "job_id": jid, "finished": time.time(), "stats": shard_stats(layout, parts),
     })
 
+
+def shard_stats(layout: RunLayout, parts: list[PartName]) -> dict[str, int]:
+    """The progress counters (rundir.progress) of a shard's parts: rows, samples, output tokens, finish
+    reason "length", error rows."""
+    out = dict.fromkeys(COUNTERS, 0)
+    for p in parts:
+        t = pq.read_table(layout.parts_dir / p.name, columns=["finish_reasons", "response_tokens", "gen_error"])
+        reasons = pc.list_flatten(t.column("finish_reasons"))
+        out["rows"] += t.num_rows
+        out["errors"] += t.num_rows - t.column("gen_error").null_count
+        out["samples"] += len(reasons)
+        out["length"] += int(pc.sum(pc.equal(reasons, "length")).as_py() or 0)
+        out["output_tokens"] += int(pc.sum(pc.list_flatten(t.column("response_tokens"))).as_py() or 0)
+    return out
 
 
 
@@ -87,8 +102,9 @@ class PartWriter:
     """Buffers finished rows of one shard and saves them as atomic part files."""
 
     def __init__(self, layout: RunLayout, shard: int, next_seq: int, every_rows: int, every_seconds: float,
-                 tag: str = "a0"):
+                 tag: str = "a0", progress: TaskProgress | None = None):
         self.layout, self.shard, self.seq, self.tag = layout, shard, next_seq, tag
+        self.progress = progress  # the task's progress record, updated after each save
         self.every_rows, self.every_seconds = every_rows, every_seconds
         self.rows: list[dict[str, Any]] = []
         self.parts: list[PartName] = []
@@ -117,6 +133,8 @@ class PartWriter:
             atomic.write_with(self.layout.parts_dir / name.name, lambda p: pq.write_table(table, p))
             self.parts.append(name)
             self.seq += 1
+            if self.progress is not None:
+                self.progress.flushed(self.shard, rows)
             self.rows = []
             self.last_flush = time.monotonic()
         finally:
