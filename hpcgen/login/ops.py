@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from hpcgen.errors import RunDirError, ShardFailedError, UserError
-from hpcgen.login.launch import Submission, annotate_submission, cancel_jobs, dry_run_text, submit_groups
+from hpcgen.login.launch import (
+    Submission,
+    annotate_submission,
+    cancel_jobs,
+    dry_run_text,
+    local_plan_text,
+    require_slurm,
+    submit_groups,
+)
 from hpcgen.login.merge import compact_ranges
 from hpcgen.login.plan import Plan, create_run_dir, inspect_dataset, make_plan, model_fingerprint, task_groups
 from hpcgen.login.state import RunState, collect, latest_jobs
@@ -41,7 +49,11 @@ def submit(job_file: Path, overrides: list[str], *, run_dir: Path | None = None,
     plan = make_plan(spec, job_file=str(job_file.resolve()), overrides=overrides)
     layout = RunLayout(run_dir or default_run_dir(job_file))
     if dry_run:
-        return SubmitResult(plan, layout, None, dry_run_text(layout, plan.spec, len(plan.tasks)))
+        text = (local_plan_text(plan.spec, plan.tasks) if executor == "local"
+                else dry_run_text(layout, plan.spec, len(plan.tasks)))
+        return SubmitResult(plan, layout, None, text)
+    if executor == "slurm":
+        require_slurm()
     layout = create_run_dir(layout.root, plan.manifest)
     sub = submit_groups(layout, plan.spec, plan.tasks, executor=executor, kind="submit",
                         extra={"rows_done_at_submit": 0})

@@ -17,6 +17,7 @@ Counters count what this attempt generated (a regenerated row counts again: it c
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -24,6 +25,8 @@ from typing import Any
 
 from hpcgen.rundir import atomic
 from hpcgen.rundir.layout import RunLayout
+
+log = logging.getLogger("hpcgen.progress")
 
 FORMAT = "hpcgen-progress/1"
 RECENT = 8
@@ -64,10 +67,14 @@ class TaskProgress:
             "format": FORMAT, "job_id": job_id, "host": socket.gethostname(), "pid": os.getpid(), "gpus": gpus,
             "started": now, "updated": now, "ended": None, "error": None, **dict.fromkeys(COUNTERS, 0),
             "shards": {}, "recent": []}
+        # ``hpcgen logs`` cuts a requeued job's log (SLURM appends to it) at this line
+        log.info("hpcgen attempt %s started on %s", job_id, self.record["host"])
 
     def save(self) -> None:
+        import json
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(self.path, self.record)
+        atomic.write_bytes(self.path, json.dumps(self.record, separators=(",", ":")).encode())  # compact: status reads many
 
     def flushed(self, shard: int, rows: list[dict[str, Any]]) -> None:
         now = time.time()
