@@ -99,10 +99,10 @@ def cmd_status(a: argparse.Namespace) -> int:
 
     shown = [s for s in state.shards if a.all or s.state != "done"][: None if a.all else 50]
     table = Table()
-    for col in ("shard", "state", "rows", "job", "attempts", "last error / log"):
+    for col in ("shard", "state", "rows", "job", "attempts", "last error"):
         table.add_column(col)
     for s in shown:
-        note = f"{s.last_error or ''} ({s.logs_command})" if s.state in ("failed", "cancelled") else ""
+        note = (s.last_error or "") if s.state in ("failed", "cancelled") else ""
         table.add_row(str(s.id), s.state, f"{s.rows_done}/{s.rows_total}", s.job_id or "-", str(s.attempts),
                       escape(note))
     con = _console()
@@ -114,6 +114,11 @@ def cmd_status(a: argparse.Namespace) -> int:
     hidden = len([s for s in state.shards if a.all or s.state != "done"]) - len(shown)
     if hidden > 0:
         con.print(f"... {hidden} more shards not shown (--all)")
+    bad = [s for s in shown if s.logs_command]
+    for s in bad[:10]:
+        con.print(escape(f"shard {s.id} {s.state}, its log: {s.logs_command}"), soft_wrap=True)
+    if len(bad) > 10:
+        con.print(f"... and {len(bad) - 10} more failed shards (hpcgen logs RUN SHARD --err)")
     con.print(_summary_line(state))
     return 0
 
