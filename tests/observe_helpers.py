@@ -100,6 +100,20 @@ def build_observe_run(tmp: Path, dataset: Path, model: Path) -> Path:
     return layout.root
 
 
+def fresh_observe_run(tmp: Path) -> Path:
+    """build_observe_run on a new 30-row dataset and a stand-in model directory, as seen without sacct."""
+    from hpcgen_dev.datasets import make_dataset
+
+    data = make_dataset(tmp / "p.parquet", 30, variety=True, overlong_rows=[3, 14], row_group_size=8)
+    model = tmp / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "tokenizer.json").write_text("{}")
+    run = build_observe_run(tmp, data, model)
+    use_executor(run, "local")  # no sacct: shard 2 (no marker, job not alive) reads as failed
+    return run
+
+
 def use_executor(run_dir: Path, executor: str) -> None:
     """Rewrite the submission record's executor (local: no sacct, unknown pids read as failed)."""
     path = run_dir / "submissions" / "0001.json"

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from helpers import REPO, hpcgen
-from observe_helpers import ARRAY, build_observe_run, use_executor
+from observe_helpers import ARRAY, fresh_observe_run, use_executor
 
 STATUS_FIELDS = {"format", "run_dir", "rows_total", "rows_done", "counts", "executor", "sacct_calls", "chain",
                  "started", "ended", "elapsed_seconds", "active_seconds", "rows_generated", "samples",
@@ -30,17 +30,7 @@ STATUS_FIELDS = {"format", "run_dir", "rows_total", "rows_done", "counts", "exec
 
 @pytest.fixture(scope="module")
 def obs_run(tmp_path_factory) -> Path:
-    from hpcgen_dev.datasets import make_dataset
-
-    tmp = tmp_path_factory.mktemp("observe")
-    data = make_dataset(tmp / "p.parquet", 30, variety=True, overlong_rows=[3, 14], row_group_size=8)
-    model = tmp / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    (model / "tokenizer.json").write_text("{}")
-    run = build_observe_run(tmp, data, model)
-    use_executor(run, "local")  # no sacct: shard 2 (no marker, job not alive) reads as failed
-    return run
+    return fresh_observe_run(tmp_path_factory.mktemp("observe"))
 
 
 def _progress(run: Path) -> dict[str, dict]:
