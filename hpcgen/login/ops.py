@@ -27,7 +27,7 @@ from hpcgen.login.state import RunState, collect, latest_jobs
 from hpcgen.rundir import atomic
 from hpcgen.rundir.layout import RunLayout
 from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
-from hpcgen.rundir.parts import verify_done
+from hpcgen.rundir.parts import invalidate_bad_done
 from hpcgen.spec.loader import load_job
 
 
@@ -85,23 +85,6 @@ def check_unchanged(manifest: dict[str, Any]) -> None:
     model = manifest["job"]["model"]["path"]
     if os.path.exists(model) and model_fingerprint(model) != manifest["model_fingerprint"]:
         raise RunDirError(f"cannot resume: model {model} changed since the plan (config or weight files differ)")
-
-
-def invalidate_bad_done(layout: RunLayout, manifest: dict[str, Any]) -> list[int]:
-    """Done shards whose parts no longer verify lose their marker (kept aside) so they are regenerated."""
-    from hpcgen.rundir.parts import valid_parts
-
-    bad = []
-    n = manifest["job"]["data"]["n_samples"]
-    for shard in sorted(layout.list_done()):
-        table, problem = verify_done(layout, shard, tuple(manifest["shards"][shard]), n)
-        if table is None:
-            marker = layout.done(shard)
-            os.replace(marker, marker.with_name(marker.name + f".invalid.{int(time.time())}"))
-            # parts that no longer read back are moved aside now; the worker re-validates the rest
-            valid_parts(layout, shard, layout.list_parts().get(shard, []), tuple(manifest["shards"][shard]))
-            bad.append(shard)
-    return bad
 
 
 def resume(run_dir: Path, *, executor: str | None = None) -> tuple[Submission | None, RunState, list[int]]:

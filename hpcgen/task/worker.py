@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 import submitit
 
 from hpcgen.rundir import atomic
-from hpcgen.rundir.layout import PartName, RunLayout, part_tag
+from hpcgen.rundir.layout import RunLayout, part_tag
 from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
-from hpcgen.rundir.parts import PART_SCHEMA, PartWriter, done_marker_ok, valid_parts, write_done
+from hpcgen.rundir.parts import PART_SCHEMA, PartWriter, done_marker_ok, usable_parts, write_done
 from hpcgen.rundir.progress import TaskProgress, task_gpus
 from hpcgen.spec.schema import JobSpec
 from hpcgen.task.identity import job_id, restart_count
@@ -87,6 +87,9 @@ def generate_shard(engine: Any, prompts: Iterator[tuple[int, Any]], writer: Part
 
     inflight: dict[int, bool] = {}
     exhausted = False
+    # Fault tests only (set through the job's env): a pause after each engine step, so that a kill, requeue or
+    # time limit lands mid-shard however fast the machine generates. Unset in real runs.
+    pace = float(os.environ.get("HPCGEN_TEST_STEP_DELAY_S") or 0)
     writer.last_flush = time.monotonic()
     while True:
         while not exhausted and len(inflight) < window:
@@ -108,6 +111,8 @@ def generate_shard(engine: Any, prompts: Iterator[tuple[int, Any]], writer: Part
                         "response_tokens": f.response_tokens, "prompt_tokens": f.prompt_tokens,
                         "prompt_truncated": inflight.pop(f.row_id, False), "gen_error": None})
         writer.maybe_flush()
+        if pace:
+            time.sleep(pace)
     writer.flush()
 
 
@@ -212,8 +217,10 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
                   "started": time.time(), "error": None}
         atomic.write_json(attempt, record)
         try:
-            parts, saved = valid_parts(layout, shard, layout.list_parts().get(shard, []), (start, end))
-            next_seq = max((p.seq for p in parts), default=-1) + 1
+            listed = layout.list_parts().get(shard, [])
+            old = usable_parts(layout, listed, (start, end), spec.data.n_samples)
+            saved = old.ids
+            next_seq = max((p.seq for p in listed), default=-1) + 1
             writer = PartWriter(layout, shard, next_seq, spec.checkpoint.every_rows, spec.checkpoint.every_seconds,
                                 tag=part_tag(jid), progress=progress)
             if task is not None:
@@ -230,9 +237,7 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
                 generate_shard(engine, todo, writer, window=max(8, 2 * spec.rollout.max_num_seqs))
                 perf["gen_s"] += time.monotonic() - t0
                 perf["rows"] += end - start - len(saved)
-            all_parts = parts + writer.parts
-            errors = writer.errors + _count_errors(layout, parts)
-            write_done(layout, shard, all_parts, errors, jid)
+            write_done(layout, shard, old.parts + writer.parts, writer.errors + old.errors, jid)
             summary["shards"][shard] = {"rows": end - start, "generated": end - start - len(saved)}
         except BaseException as exc:
             if task is not None and task.stop_reason:
@@ -259,10 +264,3 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
     summary["perf"] = perf
     return summary
 
-
-def _count_errors(layout: RunLayout, parts: list[PartName]) -> int:
-    total = 0
-    for p in parts:
-        col = pq.read_table(layout.parts_dir / p.name, columns=["gen_error"]).column(0)
-        total += len(col) - col.null_count
-    return total
