@@ -107,7 +107,7 @@ def throughput_plot(events: list[tuple[float, int, int]], t0: float) -> str | No
     mid = (edges[:-1] + edges[1:]) / 2
     x = (mid - t0) / 60
     fig, ax = plt.subplots(figsize=(10, 3.2))
-    ax.step(x, rows / width, where="mid", color="#1565c0", label="rows/s")
+    ax.bar(x, rows / width, width=width / 60, color="#1565c0", alpha=0.35, label="rows/s")
     ax.set_xlabel("minutes since the first submission")
     ax.set_ylabel("rows/s", color="#1565c0")
     ax2 = ax.twinx()
@@ -124,13 +124,16 @@ def hist_plot(values: list[int], name: str, title: str, xlabel: str, limit: int 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.hist(values, bins=min(50, max(5, len(set(values)))), color="#5c6bc0", edgecolor="white")
-    if limit:
+    alt = title
+    if limit and max(values) >= limit / 2:  # the limit line only where it does not squash the data
         ax.axvline(limit, color="#c62828", linestyle="--", label=f"limit {limit}")
         ax.legend(frameon=False)
+    elif limit:
+        title += f" (limit {limit})"
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
-    return _img(fig, name, title)
+    return _img(fig, name, alt)
 
 
 def reasons_plot(reasons: dict[str, int]) -> str | None:

@@ -49,7 +49,7 @@ def outcome_of(rec: dict[str, Any], later_same_job: bool, shard_state: str, done
         return "cancelled" if "SIGTERM" in str(err) and shard_state == "cancelled" else "failed"
     if rec.get("ended") is not None or done_job == rec.get("job_id"):
         return "done"
-    return "running" if shard_state == "running" else "lost"
+    return "running" if shard_state == "running" and not later_same_job else "failed"
 
 
 def attempts(layout: RunLayout, shard_states: dict[int, str]) -> list[Attempt]:
@@ -72,6 +72,7 @@ def attempts(layout: RunLayout, shard_states: dict[int, str]) -> list[Attempt]:
             done_jobs[shard] = atomic.read_json(layout.done(shard)).get("job_id")
         except (OSError, ValueError):
             done_jobs[shard] = None
+    updated = {str(p.get("job_id")): p.get("updated") for p in read_records(layout)}
     out = []
     for r in recs:
         base, k = job_of(str(r.get("job_id")))
@@ -80,10 +81,30 @@ def attempts(layout: RunLayout, shard_states: dict[int, str]) -> list[Attempt]:
         o = outcome_of(r, later, state, done_jobs.get(r["shard"]))
         start = float(r.get("started") or 0)
         end = r.get("ended")
+        err = r.get("error")
+        if end is None and o != "running":  # died without an end record: its last sign of life
+            end = _last_seen(layout, str(r.get("job_id")), updated)
+            if o == "failed" and not err:
+                err = "ended without an end record: killed (SIGKILL, out of memory) or its node was lost; see its log"
         out.append(Attempt(r["shard"], str(r.get("job_id")), r.get("host"), start,
-                           float(end) if end is not None else None, o, r.get("error")))
+                           float(end) if end is not None else None, o, err))
     out.sort(key=lambda a: (a.shard, a.start))
     return out
+
+
+def _last_seen(layout: RunLayout, attempt_id: str, updated: dict[str, Any]) -> float | None:
+    """The later of the attempt's last progress save and its log's last write (requeues share the log, so
+    only the newest attempt of a job uses the log's time)."""
+    times = [float(updated[attempt_id])] if updated.get(attempt_id) else []
+    base, k = job_of(attempt_id)
+    newer = any(job_of(a)[0] == base and job_of(a)[1] > k for a in updated)
+    if not newer:
+        for err in (False, True):
+            try:
+                times.append(layout.log(base, err=err).stat().st_mtime)
+            except OSError:
+                pass
+    return max(times) if times else None
 
 
 def tasks(layout: RunLayout) -> list[dict[str, Any]]:
