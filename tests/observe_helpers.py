@@ -14,6 +14,11 @@ from typing import Any
 from helpers import FakeEngine, make_run
 
 ARRAY = "4242"
+STATUS_FIELDS = {"format", "run_dir", "rows_total", "rows_done", "counts", "executor", "sacct_calls", "chain",
+                 "started", "ended", "elapsed_seconds", "active_seconds", "rows_generated", "samples",
+                 "output_tokens", "finished_length", "length_share", "error_rows", "rows_per_second",
+                 "rows_per_second_recent", "tokens_per_second", "tokens_per_second_recent", "eta_seconds",
+                 "gpu_hours", "tasks", "shards", "complete"}
 
 
 @contextmanager
@@ -120,3 +125,18 @@ def use_executor(run_dir: Path, executor: str) -> None:
     sub = json.loads(path.read_text())
     sub["executor"] = executor
     path.write_text(json.dumps(sub))
+
+
+def no_slurm_path(tmp: Path) -> str:
+    """A PATH holding every command of this machine except SLURM's."""
+    d = tmp / "noslurm"
+    d.mkdir()
+    slurm = {"sbatch", "srun", "sacct", "squeue", "scontrol", "scancel", "sinfo", "salloc", "sacctmgr"}
+    for p in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(p):
+            continue
+        for name in os.listdir(p):
+            src = os.path.join(p, name)
+            if name not in slurm and not (d / name).exists() and os.access(src, os.X_OK):
+                (d / name).symlink_to(src)
+    return str(d)

@@ -19,13 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from helpers import REPO, hpcgen
-from observe_helpers import ARRAY, fresh_observe_run, use_executor
-
-STATUS_FIELDS = {"format", "run_dir", "rows_total", "rows_done", "counts", "executor", "sacct_calls", "chain",
-                 "started", "ended", "elapsed_seconds", "active_seconds", "rows_generated", "samples",
-                 "output_tokens", "finished_length", "length_share", "error_rows", "rows_per_second",
-                 "rows_per_second_recent", "tokens_per_second", "tokens_per_second_recent", "eta_seconds",
-                 "gpu_hours", "tasks", "shards", "complete"}
+from observe_helpers import ARRAY, STATUS_FIELDS, fresh_observe_run, no_slurm_path, use_executor
 
 
 @pytest.fixture(scope="module")
@@ -331,25 +325,10 @@ def _job(tmp: Path, obs_run: Path) -> Path:
     return job
 
 
-def _no_slurm_path(tmp: Path) -> str:
-    """A PATH holding every command of this machine except SLURM's."""
-    d = tmp / "noslurm"
-    d.mkdir()
-    slurm = {"sbatch", "srun", "sacct", "squeue", "scontrol", "scancel", "sinfo", "salloc", "sacctmgr"}
-    for p in os.environ["PATH"].split(os.pathsep):
-        if not os.path.isdir(p):
-            continue
-        for name in os.listdir(p):
-            src = os.path.join(p, name)
-            if name not in slurm and not (d / name).exists() and os.access(src, os.X_OK):
-                (d / name).symlink_to(src)
-    return str(d)
-
-
 def test_dry_run_without_slurm_commands_prints_the_same_script(obs_run, tmp_path):
     job = _job(tmp_path, obs_run)
     args = ("submit", str(job), "--dry-run", "--run-dir", str(tmp_path / "run"))
-    bare = hpcgen(*args, env={"PATH": _no_slurm_path(tmp_path)})
+    bare = hpcgen(*args, env={"PATH": no_slurm_path(tmp_path)})
     assert bare.returncode == 0, bare.stderr
     assert "#SBATCH --array=0-2%2" in bare.stdout and "srun --unbuffered" in bare.stdout
     assert hpcgen(*args).stdout == bare.stdout  # with SLURM's commands (if any here): the very same text
@@ -361,7 +340,7 @@ def test_dry_run_without_slurm_commands_prints_the_same_script(obs_run, tmp_path
 
 def test_submit_to_slurm_without_its_commands_is_one_line_and_writes_nothing(obs_run, tmp_path):
     job = _job(tmp_path, obs_run)
-    res = hpcgen("submit", str(job), "--run-dir", str(tmp_path / "run"), env={"PATH": _no_slurm_path(tmp_path)})
+    res = hpcgen("submit", str(job), "--run-dir", str(tmp_path / "run"), env={"PATH": no_slurm_path(tmp_path)})
     assert res.returncode == 5, res.stderr
     assert "sbatch and srun not found" in res.stderr and len(res.stderr.strip().splitlines()) <= 2
     assert "internal error" not in res.stderr and not (tmp_path / "run").exists()

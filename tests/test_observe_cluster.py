@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO, hpcgen, status_json, write_job
+from observe_helpers import STATUS_FIELDS, no_slurm_path
 
 pytestmark = [pytest.mark.slurm, pytest.mark.vllm]
 
@@ -72,8 +73,6 @@ def observed(cluster, tiny_model, tmp_path_factory) -> dict:
 
 def test_status_json_on_a_requeued_and_a_failed_shard(observed):
     st = status_json(observed["run"])
-    from test_observe import STATUS_FIELDS
-
     assert STATUS_FIELDS <= set(st), STATUS_FIELDS - set(st)
     assert st["format"] == "hpcgen-status/1" and st["counts"] == {"done": 2, "failed": 1}
     tasks = {t["job_id"]: t for t in st["tasks"]}
@@ -127,12 +126,11 @@ def test_report_timeline_shows_the_requeue_and_the_failure(observed):
 
 def test_local_executor_needs_no_slurm_and_names_log_folders_by_job_id(tiny_model, tmp_path):
     from hpcgen_dev.datasets import make_dataset
-    from test_observe import _no_slurm_path
 
     data = make_dataset(tmp_path / "p.parquet", 4, style="gsm8k", seed=2)
     job = write_job(tmp_path / "job.yaml", data=data, model=tiny_model, sharding={"num_shards": 1},
                     rollout={"response_length": 8})
-    env = {"PATH": _no_slurm_path(tmp_path)}
+    env = {"PATH": no_slurm_path(tmp_path)}
     run = tmp_path / "run"
     res = hpcgen("submit", str(job), "--executor", "local", "--wait", "--run-dir", str(run), env=env)
     assert res.returncode == 0, res.stderr
