@@ -103,12 +103,27 @@ def _attempt_state(rec: dict[str, Any], running_jobs: set[str], newest: dict[str
     return "requeued" if newest.get(base, restart) > restart else "lost"
 
 
+class ProgressReader:
+    """Reads the progress records in a thread, so that the reading overlaps the sacct call."""
+
+    def __init__(self, layout: RunLayout) -> None:
+        import threading
+
+        self._out: list[dict[str, Any]] = []
+        self._thread = threading.Thread(target=lambda: self._out.extend(read_records(layout)), daemon=True)
+        self._thread.start()
+
+    def records(self) -> list[dict[str, Any]]:
+        self._thread.join()
+        return self._out
+
+
 def gather(layout: RunLayout, first_submission: float | None, running_jobs: set[str], busy: bool,
-           now: float | None = None) -> RunStats:
+           now: float | None = None, records: list[dict[str, Any]] | None = None) -> RunStats:
     """Figures of the run. ``running_jobs``: scheduler job ids of running shards; ``busy``: some shard is
     still pending or running (the run's clock still ticks)."""
     now = time.time() if now is None else now
-    records = read_records(layout)
+    records = read_records(layout) if records is None else records
     newest: dict[str, int] = {}
     for rec in records:
         base, restart = job_of(str(rec["job_id"]))

@@ -168,6 +168,7 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
     chain_job = (last_sub or {}).get("chain_job")
     if chain_job and not layout.scores.exists():
         open_jobs.append(chain_job)
+    progress = runstats.ProgressReader(layout)  # reads the progress records while sacct runs
     states: dict[str, str] | None = None
     calls = 0
     if query_scheduler and open_jobs and executor == "slurm":
@@ -199,7 +200,7 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
     if chain_job:
         st = "done" if layout.scores.exists() else _open_state(chain_job, executor, states, -1, ["?"])
         rs.chain = {"job_id": chain_job, "state": st, "scores": str(layout.scores) if st == "done" else None}
-    _figures(rs, layout)
+    _figures(rs, layout, progress.records())
     return rs
 
 
@@ -226,7 +227,7 @@ def _open_state(jid: str | None, executor: str | None, states: dict[str, str] | 
     return "failed"  # COMPLETED without a done marker, FAILED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, ...
 
 
-def _figures(rs: RunState, layout: RunLayout) -> None:
+def _figures(rs: RunState, layout: RunLayout, records: list[dict[str, Any]]) -> None:
     """Elapsed time, rates, ETA, GPU-hours, tokens, length cuts, error rows (from progress records)."""
     subs = layout.list_submissions()
     first = None
@@ -237,7 +238,7 @@ def _figures(rs: RunState, layout: RunLayout) -> None:
             first = None
     busy = bool(rs.shards_in("pending", "running"))
     running = {s.job_id for s in rs.shards if s.state == "running" and s.job_id}
-    st = runstats.gather(layout, first, running, busy)
+    st = runstats.gather(layout, first, running, busy, records=records)
     rs.stats = st
     rs.rows_per_second = st.rows_per_second
     rs.eta_seconds = runstats.eta_seconds(st, rs.rows_total - rs.rows_done, busy)
