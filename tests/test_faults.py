@@ -22,10 +22,11 @@ pytestmark = [pytest.mark.slurm, pytest.mark.vllm]
 
 ROWS = 96
 SLOW = {"rollout": {"response_length": 48, "max_num_seqs": 4}, "checkpoint": {"every_rows": 4, "every_seconds": 5}}
-# Faulted runs pause after each engine step (HPCGEN_TEST_STEP_DELAY_S), so that the fault lands mid-shard
-# however fast this machine generates (96 rows take ~4 s unpaced on a quiet 2-core machine); pacing does
-# not change samples (per-row seeds), so the unpaced reference stays the reference.
-PACED = {"env": {"HPCGEN_TEST_STEP_DELAY_S": "0.01"}}
+# The faulted task pauses after each engine step (HPCGEN_TEST_STEP_DELAY_S in the submitting environment,
+# which sbatch passes to the job and a requeued job keeps; a later `resume` runs unpaced), so that the fault
+# lands mid-shard however fast this machine generates (96 rows take ~4 s unpaced on a quiet 2-core machine).
+# Pacing does not change samples (per-row seeds), so the unpaced reference stays the reference.
+PACE_S = "0.01"
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +55,12 @@ def merged(run_dir: Path, out: Path) -> list[list[str]]:
     return table.column("responses").to_pylist()
 
 
-def start(tmp: Path, model: Path, data: Path, **extra) -> Path:
-    sections = {k: dict(v) for k, v in {**SLOW, **PACED}.items()}
+def start(tmp: Path, model: Path, data: Path, pace: str = PACE_S, **extra) -> Path:
+    sections = {k: dict(v) for k, v in SLOW.items()}
     for k, v in extra.items():
         sections.setdefault(k, {}).update(v)
     job = write_job(tmp / "job.yaml", data=data, model=model, sharding={"num_shards": 1}, **sections)
-    res = hpcgen("submit", str(job), "--run-dir", str(tmp / "run"))
+    res = hpcgen("submit", str(job), "--run-dir", str(tmp / "run"), env={"HPCGEN_TEST_STEP_DELAY_S": pace})
     assert res.returncode == 0, res.stderr
     return tmp / "run"
 
@@ -182,14 +183,14 @@ def test_scontrol_requeue_continues_without_resume(cluster, tiny_model, fault_da
 
 def test_time_limit_finishes_through_requeues(cluster, tiny_model, fault_data, reference, tmp_path):
     """A 3-minute limit with the warning 90 s before it (SLURM may send it up to 60 s earlier, so a run does
-    at most ~75 s of work after its ~15 s engine start) and a shard paced to ~2 min of work (the 96 fault
-    rows three times, one row at a time, 10 ms after each engine step): the shard needs several runs and
+    at most ~75 s of work after its ~15 s engine start) and a shard paced to ~100 s of work (the 96 fault
+    rows three times, one row at a time, 7 ms after each engine step): the shard needs several runs and
     gets them, each continuing from the last. Rows 0-95 are the reference rows (same prompts, same row ids,
     so same seeds): their samples equal the uninterrupted run's."""
     table = pq.read_table(fault_data)
     data = tmp_path / "thrice.parquet"
     pq.write_table(pa.concat_tables([table] * 3), data)
-    run_dir = start(tmp_path, tiny_model, data, rollout={"max_num_seqs": 2},
+    run_dir = start(tmp_path, tiny_model, data, pace="0.007", rollout={"max_num_seqs": 2},
                     slurm={"time": "3", "signal_delay_s": 90, "max_requeues": 10})
     wait_for(lambda: status_json(run_dir)["shards"][0]["state"] in ("done", "failed"), 1500, "end", poll=5)
     st = status_json(run_dir)["shards"][0]

@@ -121,7 +121,7 @@ def test_jsonl_keys_missing_from_the_first_row_reach_both_outputs(tmp_path, fake
     out_jsonl = [json.loads(x) for x in open(merge_run(run.root, output=tmp_path / "o.JSONL").output)]
     assert [{k: v for k, v in r.items() if k in ("prompt", "extra_info", "note")} for r in out_jsonl] == SPARSE
     raw = (tmp_path / "o.JSONL").read_text().splitlines()
-    assert all(line.startswith(json.dumps(row, ensure_ascii=False)[:-1]) for line, row in zip(raw, SPARSE))
+    assert all(line.startswith(json.dumps(row, ensure_ascii=False)[:-1]) for line, row in zip(raw, SPARSE, strict=True))
     table = pq.read_table(merge_run(run.root, output=tmp_path / "o.parquet").output)
     assert table.column("extra_info").to_pylist() == [r.get("extra_info") for r in SPARSE]
     assert table.column("note").to_pylist() == [None] * 8 + ["n"]
@@ -187,3 +187,104 @@ def test_merge_output_format_from_suffix_case_insensitive(tmp_path, small_datase
     assert pq.read_table(merge_run(run.root, output=tmp_path / "o.PARQUET").output).num_rows == 100
     with pytest.raises(UserError, match="unknown format '.csv'"):
         merge_run(run.root, output=tmp_path / "o.csv")
+
+
+# --- changes under a running run are seen (issue 10.3) --------------------------------------------------
+
+
+def _same_shape_rewrite(path) -> None:
+    """New weights of the same shapes: the safetensors header (names, dtypes, shapes, offsets), the size and
+    even the modification time stay; only tensor bytes change."""
+    import os
+
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    for i in range(start, len(data), 997):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.fixture
+def weighted_model(fake_model):
+    """A model directory with a 9 MiB safetensors file (sampled, not hashed whole)."""
+    import json
+    import os
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [9 * 1024 * 256], "data_offsets": [0, 9 * 1024 * 1024]}})
+    body = os.urandom(9 * 1024 * 1024)
+    (fake_model / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header.encode() + body)
+    return fake_model
+
+
+def test_model_overwritten_in_place_with_same_shapes_is_refused(tmp_path, small_dataset, weighted_model):
+    from hpcgen.errors import RunDirError as RDE
+    from hpcgen.login.ops import check_unchanged
+
+    run = make_run(tmp_path, small_dataset, weighted_model)
+    run_shards(run.root, [0], engine_factory=FakeEngine)
+    _same_shape_rewrite(weighted_model / "model.safetensors")
+    with pytest.raises(RDE, match="model .* changed since the plan"):
+        check_unchanged(load_manifest(run.root))  # resume
+    engine = FakeEngine(None, "")
+    with pytest.raises(RDE, match="model .* changed since the plan"):
+        run_shards(run.root, [1], engine_factory=lambda s, p: engine)  # a task that starts now
+    assert engine.added == []
+    err = [atomic.read_json(p)["error"] for p in run.attempts_dir.glob("s000001.*.json")]
+    assert err and "changed since the plan" in err[0]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_dataset_regenerated_in_place_with_the_same_rows_is_refused(tmp_path, fake_model, fmt):
+    from hpcgen.errors import RunDirError as RDE
+
+    data = tmp_path / f"d.{fmt}"
+    rows = [{"prompt": f"question {i}"} for i in range(12)]
+
+    def write(rows):
+        if fmt == "parquet":
+            pq.write_table(pa.Table.from_pylist(rows), data)
+        else:
+            _jsonl(data, rows)
+
+    write(rows)
+    run = make_run(tmp_path, data, fake_model)
+    run_shards(run.root, [0], engine_factory=FakeEngine)
+    write([{"prompt": f"question {i + 100}"} for i in range(12)])  # same count, same size, other prompts
+    with pytest.raises(RDE, match=r"cannot merge: dataset .* changed since the plan"):
+        merge_run(run.root, output=tmp_path / "o.parquet", allow_partial=True)
+    with pytest.raises(RDE, match="dataset .* changed since the plan"):
+        run_shards(run.root, [1], engine_factory=FakeEngine)
+
+
+def test_task_with_other_generation_settings_than_the_plan_refuses(tmp_path, small_dataset, fake_model):
+    from hpcgen.errors import RunDirError as RDE
+
+    run = make_run(tmp_path, small_dataset, fake_model)
+    manifest = load_manifest(run.root)
+    manifest["generation"]["top_p"] = 0.5  # what another hpcgen version could have derived at plan time
+    atomic.write_json(run.manifest, manifest)
+    with pytest.raises(RDE, match="other generation settings than the plan's.*top_p"):
+        run_shards(run.root, [0], engine_factory=FakeEngine)
+
+
+def test_fingerprint_samples_content_and_trusts_hub_blob_names(tmp_path):
+    import os
+
+    from hpcgen.rundir.fingerprint import BLOCK, file_digest
+
+    big = tmp_path / "w.bin"
+    big.write_bytes(os.urandom(20 * 1024 * 1024))
+    before = file_digest(big)
+    data = bytearray(big.read_bytes())
+    data[(len(data) - BLOCK) // 63 * 5 + 10] ^= 1  # inside the 5th sampled block
+    big.write_bytes(bytes(data))
+    assert file_digest(big) != before
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    blob = blobs / ("ab" * 32)
+    blob.write_bytes(b"x" * 10)
+    link = tmp_path / "model.safetensors"
+    link.symlink_to(blob)
+    assert file_digest(link) == "blob:" + "ab" * 32

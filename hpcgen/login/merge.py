@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from hpcgen.errors import IncompleteRunError, RunDirError
 from hpcgen.login.merge_input import InputReader, check_names, output_format, output_names, spliced
 from hpcgen.rundir import atomic
+from hpcgen.rundir.fingerprint import changed_inputs
 from hpcgen.rundir.layout import RunLayout, check_writable
 from hpcgen.rundir.manifest import load_manifest
 from hpcgen.rundir.parts import verify_done
@@ -86,6 +87,9 @@ def merge_run(run_dir: Path, *, output: Path | None = None, allow_partial: bool 
                 f"({len(missing)} of {len(shards)}); resume it, or merge with --allow-partial"
             )
         todo = [i for i in range(len(shards)) if i in done]
+        problem = changed_inputs(manifest, model=False)
+        if problem:  # the answers belong to the plan's prompts, not to what the file holds now
+            raise RunDirError(f"cannot merge: {problem}; the saved answers belong to the earlier prompts")
         reader = InputReader(manifest)
         check_names(reader.columns(), job["merge"], metadata, f"input {reader.path}")
         passthrough = reader.format == "jsonl" and fmt == "jsonl"  # input lines kept byte for byte

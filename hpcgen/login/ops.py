@@ -4,7 +4,6 @@ no printing (the CLI does that), no torch, no vllm.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,9 +21,10 @@ from hpcgen.login.launch import (
     submit_groups,
 )
 from hpcgen.login.merge import compact_ranges
-from hpcgen.login.plan import Plan, create_run_dir, inspect_dataset, make_plan, model_fingerprint, task_groups
+from hpcgen.login.plan import Plan, create_run_dir, inspect_dataset, make_plan, task_groups
 from hpcgen.login.state import RunState, collect, latest_jobs
 from hpcgen.rundir import atomic
+from hpcgen.rundir.fingerprint import changed_inputs
 from hpcgen.rundir.layout import RunLayout
 from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
 from hpcgen.rundir.parts import invalidate_bad_done
@@ -82,9 +82,9 @@ def check_unchanged(manifest: dict[str, Any]) -> None:
     if now.fingerprint != ds["fingerprint"] or now.rows != ds["rows"]:
         raise RunDirError(f"cannot resume: dataset {ds['path']} changed since the plan "
                           f"(rows {ds['rows']} -> {now.rows}, fingerprint differs)")
-    model = manifest["job"]["model"]["path"]
-    if os.path.exists(model) and model_fingerprint(model) != manifest["model_fingerprint"]:
-        raise RunDirError(f"cannot resume: model {model} changed since the plan (config or weight files differ)")
+    problem = changed_inputs(manifest)
+    if problem:
+        raise RunDirError(f"cannot resume: {problem}; its answers would mix with the earlier ones: start a new run")
 
 
 def resume(run_dir: Path, *, executor: str | None = None) -> tuple[Submission | None, RunState, list[int]]:

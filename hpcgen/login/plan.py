@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcgen import __version__
 from hpcgen.errors import DatasetError, ModelError, RunDirError
 from hpcgen.login.merge_input import KindCheck, check_names, output_format
 from hpcgen.rundir import atomic
+from hpcgen.rundir.fingerprint import dataset_sample, model_fingerprint
 from hpcgen.rundir.layout import FORMAT, RunLayout, check_writable
 from hpcgen.spec.loader import expand_path
 from hpcgen.spec.schema import JobSpec
@@ -137,17 +139,6 @@ def check_model(model_path: str, tokenizer_path: str | None = None) -> str:
     return str(p)
 
 
-def model_fingerprint(model_path: str) -> str:
-    p = Path(model_path)
-    if not p.is_dir():
-        return "hub:" + model_path
-    h = hashlib.sha256((p / "config.json").read_bytes())
-    for f in sorted(p.iterdir()):
-        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".model"):
-            h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return h.hexdigest()
-
-
 def shard_ranges(rows: int, num_shards: int | None, rows_per_shard: int | None) -> list[tuple[int, int]]:
     """Contiguous, non-empty row ranges covering [0, rows)."""
     if num_shards is None:
@@ -192,13 +183,14 @@ def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str]) -> P
     offsets = [dataset.line_offsets[s] for s, _ in shards] if dataset.format == "jsonl" else []
     manifest = {
         "format": FORMAT,
+        "hpcgen_version": __version__,
         "run_id": uuid.uuid4().hex,
         "created": time.time(),
         "job_file": job_file,
         "overrides": overrides,
         "job": resolved.model_dump(mode="json"),
         "generation": resolved.generation_settings(),
-        "dataset": dataset.to_dict(),
+        "dataset": {**dataset.to_dict(), "sample": dataset_sample(str(data_path))},
         "model_fingerprint": model_fingerprint(model_path),
         "shards": [list(s) for s in shards],
         "jsonl_offsets": offsets,

@@ -24,7 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import submitit
 
+from hpcgen import __version__
+from hpcgen.errors import RunDirError
 from hpcgen.rundir import atomic
+from hpcgen.rundir.fingerprint import changed_inputs
 from hpcgen.rundir.layout import RunLayout, part_tag
 from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
 from hpcgen.rundir.parts import PART_SCHEMA, PartWriter, done_marker_ok, usable_parts, write_done
@@ -185,6 +188,20 @@ def _save_on_sigterm(task: ShardTask | None) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def inputs_problem(manifest: dict[str, Any], spec: JobSpec) -> str | None:
+    """Why this task must not generate for the plan: the dataset or model changed, or this task's hpcgen
+    derives other generation settings from the plan than the login node did (another version)."""
+    problem = changed_inputs(manifest)
+    if problem:
+        return f"{problem}; answers generated now would not match the plan: start a new run"
+    now = json.loads(json.dumps(spec.generation_settings()))
+    if manifest.get("generation") is not None and now != manifest["generation"]:
+        diff = sorted(k for k in set(now) | set(manifest["generation"]) if now.get(k) != manifest["generation"].get(k))
+        return (f"this task's hpcgen {__version__} derives other generation settings than the plan's "
+                f"(hpcgen {manifest.get('hpcgen_version', '?')}): {', '.join(diff)} differ; use the same hpcgen")
+    return None
+
+
 def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = None,
                engine_factory: Callable[[JobSpec, str], Any] | None = None) -> dict[str, Any]:
     _save_on_sigterm(task)
@@ -202,6 +219,13 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
             atomic.write_json(layout.attempt(shard, jid), {"shard": shard, "job_id": jid, "error": reason,
                                                             "started": time.time(), "ended": time.time()})
         raise RuntimeError(reason)
+    unfinished = [s for s in shard_ids if not done_marker_ok(layout, s, manifest["shards"][s][1] - manifest["shards"][s][0])]
+    problem = inputs_problem(manifest, spec) if unfinished else None
+    if problem:  # never put answers of another model or prompt next to the plan's
+        for shard in unfinished:
+            atomic.write_json(layout.attempt(shard, jid), {"shard": shard, "job_id": jid, "error": problem,
+                                                            "started": time.time(), "ended": time.time()})
+        raise RunDirError(problem)
     progress = TaskProgress(layout, jid, task_gpus(spec))  # counters for status, saved at each part flush
     progress.save()
     engine = None
