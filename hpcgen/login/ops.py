@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from hpcgen.errors import RunDirError, ShardFailedError, UserError
-from hpcgen.login.launch import Submission, annotate_submission, cancel_jobs, dry_run_text, submit_groups
+from hpcgen.login.launch import (
+    Submission,
+    annotate_submission,
+    cancel_jobs,
+    dry_run_text,
+    local_plan_text,
+    require_slurm,
+    submit_groups,
+)
 from hpcgen.login.merge import compact_ranges
 from hpcgen.login.plan import Plan, create_run_dir, inspect_dataset, make_plan, task_groups
 from hpcgen.login.state import RunState, collect, latest_jobs
@@ -46,8 +54,11 @@ def submit(job_file: Path, overrides: list[str], *, run_dir: Path | None = None,
         settings = [f"# site file: {site_file} ({how})" if site_file else f"# site file: {how}",
                     "# settings (presets < site file < job file < command line; built-in defaults not listed):",
                     *describe_sources(sources)]
-        return SubmitResult(plan, layout, None,
-                            "\n".join(settings) + "\n" + dry_run_text(layout, plan.spec, len(plan.tasks)))
+        text = (local_plan_text(plan.spec, plan.tasks) if executor == "local"
+                else dry_run_text(layout, plan.spec, len(plan.tasks)))
+        return SubmitResult(plan, layout, None, "\n".join(settings) + "\n" + text)
+    if executor == "slurm":
+        require_slurm()
     layout = create_run_dir(layout.root, plan.manifest)
     sub = submit_groups(layout, plan.spec, plan.tasks, executor=executor, kind="submit",
                         extra={"rows_done_at_submit": 0})
