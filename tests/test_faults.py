@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from faultkit import PACE_S, ROWS, SLOW, merged, parts, start, wait_for  # noqa: F401
-from helpers import REPO, hpcgen, part_files, status_json, write_job
+from helpers import REPO, hpcgen, part_files, status_json
 
 from hpcgen.rundir import atomic
 

@@ -66,10 +66,10 @@ def test_a_task_that_finished_its_shard_takes_the_tail_of_a_slow_one(tmp_path, s
 
     out = run_tasks(run, {"1_0.r0": [0], "1_1.r0": [1]}, factory)
     assert all(isinstance(v, dict) for v in out.values()), out
-    fast = read_task(run, "1_1-r0")
-    assert fast["rows"].get("0", 0) > 0 and fast["stolen_chunks"] > 0  # it generated rows of shard 0
-    slowrec = read_task(run, "1_0-r0")
-    assert slowrec["rows"]["0"] + fast["rows"].get("0", 0) == 50  # each of shard 0's rows once
+    fast, slowrec = read_task(run, "1_1.r0"), read_task(run, "1_0.r0")
+    stolen = fast["shards"].get("0", {}).get("rows", 0)
+    assert stolen > 0 and fast["stolen_chunks"] > 0  # it generated rows of shard 0
+    assert slowrec["shards"]["0"]["rows"] + stolen == 50  # each of shard 0's rows once
     assert merged_responses(run, tmp_path) == EXPECTED  # every row once, in order, the same samples
     # the thief took the far end: the owner's rows are a prefix of its shard
     owner_rows = sorted(i for p in parts_of(run, 0) if p.tag == "1_0-r0"
@@ -92,13 +92,14 @@ def test_a_task_with_no_work_left_exits_before_loading_an_engine(tmp_path, small
     assert built == [] and out["engine"] is False and out["chunks"] == 0
 
 
-def _hold(run, shard: int, chunk: int, tag: str, **record) -> None:
-    """A lease on the chunk held by task ``tag`` with the given task record (a holder alive or gone)."""
+def _hold(run, shard: int, chunk: int, job: str, **record) -> None:
+    """A lease on the chunk held by task ``job`` with the given task record (a holder alive or gone)."""
     from hpcgen.rundir.leases import claim
 
-    assert claim(run, shard, chunk, 0, tag)
-    atomic.write_json(run.task(tag), {"task": tag, "state": "running", "host": "elsewhere", "pid": 1,
-                                      "beat": time.time(), **record})
+    assert claim(run, shard, chunk, 0, job)
+    run.progress_dir.mkdir(exist_ok=True)
+    atomic.write_json(run.progress(job), {"job_id": job, "state": "running", "host": "elsewhere", "pid": 1,
+                                          "beat": time.time(), "ended": None, **record})
 
 
 def test_a_lease_whose_holder_is_gone_is_taken_over_without_redoing_saved_rows(tmp_path, small_dataset,
@@ -110,16 +111,16 @@ def test_a_lease_whose_holder_is_gone_is_taken_over_without_redoing_saved_rows(t
     run = make_run(tmp_path, small_dataset, fake_model, "sharding.steal=true", "sharding.num_shards=1")
     # chunk 2 (rows 16-23) was held by a task on a lost node: silent for longer than the lease timeout, with
     # rows 16-19 saved; chunk 3 by a task alive elsewhere
-    _hold(run, 0, 2, "9_0-r0", beat=time.time() - 3600)
+    _hold(run, 0, 2, "9_0.r0", beat=time.time() - 3600)
     rows = [{"row_id": i, "responses": [f"row {i} sample 0", f"row {i} sample 1"], "finish_reasons": ["stop"] * 2,
              "response_tokens": [3, 3], "prompt_tokens": 5, "prompt_truncated": False, "gen_error": None}
             for i in range(16, 20)]
     write_part(run, 0, 2, 0, "9_0-r0", pa.Table.from_pylist(rows, schema=PART_SCHEMA))
-    _hold(run, 0, 3, "9_1-r0")
+    _hold(run, 0, 3, "9_1.r0")
     engine = FakeEngine(None, "")
     out = run_shards(run.root, [0], engine_factory=lambda s, p: (setattr(engine, "spec", s), engine)[1],
                      job="4_0.r0")
-    assert run.lease(0, 2, 1).read_text() == "4_0-r0"  # taken over: generation 1
+    assert run.lease(0, 2, 1).read_text() == "4_0.r0"  # taken over: generation 1
     assert not any(16 <= r < 20 for r in engine.added)  # the saved rows were not generated again
     assert not any(24 <= r < 32 for r in engine.added)  # the live holder's chunk was left to it
     assert out["own"] == {0: "not done"} and 0 not in run.list_done()
@@ -139,7 +140,7 @@ def test_a_holder_that_lost_its_chunk_saves_no_marker_and_merge_drops_its_rows(t
         def step(self):
             if self.added and not late:  # holds chunk 0 and stalls until another task takes it over
                 late.append(1)
-                atomic.write_json(run.task("5_0-r0"), {**read_task(run, "5_0-r0"), "beat": 0})
+                atomic.write_json(run.progress("5_0.r0"), {**read_task(run, "5_0.r0"), "beat": 0})
                 run_shards(run.root, [], engine_factory=FakeEngine, job="5_1.r0")
             return super().step()
 

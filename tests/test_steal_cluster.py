@@ -27,7 +27,9 @@ def submit(tmp: Path, model: Path, data: Path, pace: str, sharding: dict, **extr
 
 
 def tasks(run: Path) -> dict[str, dict]:
-    return {p.stem: atomic.read_json(p) for p in (run / "tasks").glob("*.json")}
+    """job id -> the task attempt's record (heartbeat, own shards, rows per shard)."""
+    recs = [atomic.read_json(p) for p in (run / "progress").glob("*.json")]
+    return {r["job_id"]: r for r in recs}
 
 
 def rows_of(path: Path) -> list[int]:
@@ -47,12 +49,13 @@ def test_thief_takes_the_slow_shards_tail_and_its_chunk_survives_kill_9(cluster,
     run = submit(tmp_path, tiny_model, fault_data, "0=0.06,1=0.02", {"num_shards": 2, "rows_per_chunk": 8})
 
     def stolen_midway():
-        for tag, rec in tasks(run).items():
+        for job, rec in tasks(run).items():
             if rec.get("own") != [1]:
                 continue
+            tag = job.replace(".", "-")
             for lease in (run / "work" / "s000000").glob("c*.g0.lease"):
                 chunk = lease.name.split(".")[0]
-                if lease.read_text() != tag or (run / "work" / "s000000" / f"{chunk}.done.json").exists():
+                if lease.read_text() != job or (run / "work" / "s000000" / f"{chunk}.done.json").exists():
                     continue
                 saved = [p for p in part_files(run, 0) if p.name.startswith(chunk + ".") and f".{tag}." in p.name]
                 if saved:
@@ -66,7 +69,7 @@ def test_thief_takes_the_slow_shards_tail_and_its_chunk_survives_kill_9(cluster,
     st = status_json(run)
     assert [s["state"] for s in st["shards"]] == ["done", "done"], st["shards"]
     taken = run / "work" / "s000000" / f"{chunk}.g1.lease"
-    assert taken.exists() and taken.read_text() != thief["task"]  # the owner took the thief's chunk over
+    assert taken.exists() and taken.read_text() != thief["job_id"]  # the owner took the thief's chunk over
     assert all(rows_of(run / "work" / "s000000" / n) == ids for n, ids in before.items())
     redone = [i for p in part_files(run, 0) if p.name.startswith(chunk + ".") and p.name not in before
               for i in rows_of(p)]
@@ -98,6 +101,6 @@ def test_scale_adds_a_task_that_takes_work_from_a_running_run(cluster, tiny_mode
     assert job in status_json(run)["extra_tasks"]
     wait_for(lambda: all_done(run), 600, "the run to finish", poll=2)
     helper = [rec for rec in tasks(run).values() if rec["job_id"].startswith(job + ".")]
-    assert helper and helper[0]["rows"].get("0", 0) > 0  # the added task did work on shard 0
+    assert helper and helper[0]["shards"].get("0", {}).get("rows", 0) > 0  # the added task did work on shard 0
     assert status_json(run)["shards"][0]["state"] == "done"
     assert merged(run, tmp_path / "a.parquet") == reference

@@ -55,11 +55,13 @@ def _task_env_lines(spec: JobSpec) -> list[str]:
     return [f"export {k}={shlex.quote(v)}" for k, v in sorted(spec.task_env().items())]
 
 
-def make_executor(kind: str, layout: RunLayout, spec: JobSpec) -> Any:
+def make_executor(kind: str, layout: RunLayout, spec: JobSpec, *, dry_run: bool = False) -> Any:
     import submitit
 
     if kind == "local":
-        local = submitit.LocalExecutor(folder=str(layout.logs_dir / "%j"))
+        from hpcgen.login.local_controller import LocalExecutor
+
+        local = LocalExecutor(folder=str(layout.logs_dir / "%j"))  # log folders named by the real job id
         local.update_parameters(timeout_min=spec.slurm.local_timeout_min, gpus_per_node=0,
                                 signal_delay_s=spec.slurm.signal_delay_s)
         return local
@@ -69,11 +71,50 @@ def make_executor(kind: str, layout: RunLayout, spec: JobSpec) -> Any:
         from hpcgen.login import container
 
         python = container.apply(params, spec, layout.root)
-    ex = submitit.SlurmExecutor(folder=str(layout.logs_dir / "%j"), max_num_timeout=spec.slurm.max_requeues,
-                                python=python)
+    cls = _dry_run_executor_class() if dry_run else submitit.SlurmExecutor
+    ex = cls(folder=str(layout.logs_dir / "%j"), max_num_timeout=spec.slurm.max_requeues, python=python)
     params["setup"] = params["setup"] + _task_env_lines(spec)
     ex.update_parameters(**params)
     return ex
+
+
+def _dry_run_executor_class() -> Any:
+    import submitit
+
+    class DryRun(submitit.SlurmExecutor):
+        """Writes the same sbatch text without probing for srun: a dry run needs no SLURM commands."""
+
+        @classmethod
+        def affinity(cls) -> int:
+            return 2
+
+    return DryRun
+
+
+def require_slurm() -> None:
+    """Queueing on SLURM needs its commands on this machine; say so before anything is written."""
+    missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
+    if missing:
+        raise SchedulerError(f"{' and '.join(missing)} not found on this machine: SLURM's commands are needed to "
+                             "queue jobs (--dry-run shows the sbatch script without them; --executor local "
+                             "runs here without SLURM)")
+
+
+def pack_local(spec: JobSpec, groups: list[list[int]]) -> list[list[int]]:
+    """Local: at most array_parallelism processes, each running its groups back to back."""
+    width = max(1, min(spec.slurm.array_parallelism, len(groups)))
+    return [[s for g in groups[i::width] for s in g] for i in range(width)]
+
+
+def local_plan_text(spec: JobSpec, groups: list[list[int]]) -> str:
+    """What ``--executor local`` would start: processes and the shards each runs, in order."""
+    packed = pack_local(spec, groups)
+    lines = [f"# local executor: {len(packed)} process(es) on this machine (no SLURM), "
+             f"timeout {spec.slurm.local_timeout_min} min each"]
+    for i, shards in enumerate(packed):
+        shown = ",".join(map(str, shards[:20])) + (f",... ({len(shards)} shards)" if len(shards) > 20 else "")
+        lines.append(f"process {i}: shards {shown}")
+    return "\n".join(lines)
 
 
 def max_array_size() -> int:
@@ -94,7 +135,7 @@ def dry_run_text(layout: RunLayout, spec: JobSpec, n_tasks: int) -> str:
 
     from hpcgen.login import container
 
-    ex = make_executor("slurm", layout, spec)
+    ex = make_executor("slurm", layout, spec, dry_run=True)
     chunk = min(n_tasks, max_array_size())
     params = dict(ex.parameters)
     notes = container.describe(spec, layout.root)
@@ -129,6 +170,8 @@ def submit_groups(layout: RunLayout, spec: JobSpec, groups: list[list[int]], *, 
     only takes over others' work) and record the submission."""
     from hpcgen.task.worker import ShardTask
 
+    if executor == "slurm":
+        require_slurm()
     ex = make_executor(executor, layout, spec)
     jobs: dict[int, str] = {}
     thieves: list[str] = []
@@ -136,10 +179,7 @@ def submit_groups(layout: RunLayout, spec: JobSpec, groups: list[list[int]], *, 
     calls = 0
     run_dir = str(layout.root)
     if executor == "local":
-        # Local: at most array_parallelism processes, each running its groups back to back.
-        width = max(1, min(spec.slurm.array_parallelism, len(groups)))
-        packed = [[s for g in groups[i::width] for s in g] for i in range(width)]
-        for shard_ids in packed:
+        for shard_ids in pack_local(spec, groups):
             job = ex.submit(ShardTask(), run_dir, shard_ids)
             calls += 1
             arrays.append(str(job.job_id))
@@ -167,9 +207,9 @@ def submit_groups(layout: RunLayout, spec: JobSpec, groups: list[list[int]], *, 
 
 
 def _record(layout: RunLayout, kind: str, executor: str, jobs: dict[int, str], arrays: list[str],
-            calls: int, extra: dict[str, Any] | None, thieves: list[str]) -> Submission:
+            calls: int, extra: dict[str, Any] | None, thieves: list[str] | None = None) -> Submission:
     seq = len(layout.list_submissions()) + 1
-    sub = Submission(seq, kind, executor, jobs, arrays, calls, time.time(), thieves)
+    sub = Submission(seq, kind, executor, jobs, arrays, calls, time.time(), list(thieves or []))
     atomic.write_json(layout.submission(seq), {**sub.to_dict(), **(extra or {})})
     return sub
 

@@ -11,16 +11,25 @@ from pathlib import Path
 from typing import Any
 
 from hpcgen.errors import RunDirError, ShardFailedError, UserError
-from hpcgen.login.launch import Submission, annotate_submission, cancel_jobs, dry_run_text, submit_groups
+from hpcgen.login.launch import (
+    Submission,
+    annotate_submission,
+    cancel_jobs,
+    dry_run_text,
+    local_plan_text,
+    require_slurm,
+    submit_groups,
+)
 from hpcgen.login.merge import compact_ranges
 from hpcgen.login.plan import Plan, create_run_dir, inspect_dataset, make_plan, task_groups
 from hpcgen.login.state import PENDING, RUNNING, RunState, collect, latest_jobs, sacct_states
 from hpcgen.rundir import atomic
 from hpcgen.rundir.fingerprint import changed_inputs
 from hpcgen.rundir.layout import RunLayout
-from hpcgen.rundir.leases import mark_dead, pid_alive, read_task
+from hpcgen.rundir.leases import mark_dead, pid_alive
 from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
 from hpcgen.rundir.parts import invalidate_bad_done
+from hpcgen.rundir.progress import read_records
 from hpcgen.spec.loader import describe_sources, load_job_traced
 from hpcgen.spec.site import load_site, site_path
 
@@ -47,8 +56,11 @@ def submit(job_file: Path, overrides: list[str], *, run_dir: Path | None = None,
         settings = [f"# site file: {site_file} ({how})" if site_file else f"# site file: {how}",
                     "# settings (presets < site file < job file < command line; built-in defaults not listed):",
                     *describe_sources(sources)]
-        return SubmitResult(plan, layout, None,
-                            "\n".join(settings) + "\n" + dry_run_text(layout, plan.spec, len(plan.tasks)))
+        text = (local_plan_text(plan.spec, plan.tasks) if executor == "local"
+                else dry_run_text(layout, plan.spec, len(plan.tasks)))
+        return SubmitResult(plan, layout, None, "\n".join(settings) + "\n" + text)
+    if executor == "slurm":
+        require_slurm()
     layout = create_run_dir(layout.root, plan.manifest)
     sub = submit_groups(layout, plan.spec, plan.tasks, executor=executor, kind="submit",
                         extra={"rows_done_at_submit": 0})
@@ -86,10 +98,9 @@ def _bury_dead_tasks(layout: RunLayout, executor: str | None) -> list[str]:
     """Task records that still say running although the scheduler says their job is over (kill -9, a lost
     node): mark them dead, so that the chunks they held are taken over at once, not after the lease timeout."""
     running = {}
-    for tag in layout.list_tasks():
-        rec = read_task(layout, tag)
-        if rec and rec.get("state") == "running":
-            running[tag] = str(rec.get("job_id", "")).rsplit(".r", 1)[0]
+    for rec in read_records(layout):
+        if rec.get("state", "running") == "running" and not rec.get("ended"):
+            running[str(rec["job_id"])] = str(rec["job_id"]).rsplit(".r", 1)[0]
     if not running:
         return []
     if executor == "slurm":

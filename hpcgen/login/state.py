@@ -10,14 +10,17 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcgen.login import runstats
+from hpcgen.login.runstats import RunStats
 from hpcgen.rundir import atomic
 from hpcgen.rundir.chunks import num_chunks
 from hpcgen.rundir.layout import RunLayout
+
+STATUS_FORMAT = "hpcgen-status/1"  # version of ``status --json`` (fields in the README)
 
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED", "STAGE_OUT",
            "REQUEUE_FED", "REQUEUE_HOLD", "SIGNALING"}
@@ -36,6 +39,7 @@ class ShardState:
     error_rows: int = 0
     log: str | None = None
     last_error: str | None = None
+    logs_command: str | None = None  # for failed/cancelled shards: the command that prints the log
 
 
 @dataclass
@@ -52,6 +56,7 @@ class RunState:
     chain: dict[str, Any] | None = None  # the merge+score step, when the job asked for one
     extra_tasks: dict[str, str] = field(default_factory=dict)  # job id -> state of tasks without own shards
     dropped_rows: int = 0  # rows saved twice (a task that had lost its chunk) and left out of the markers
+    stats: RunStats | None = None  # elapsed, rates, GPU-hours, tokens, ... (login.runstats)
 
     def shards_in(self, *states: str) -> list[int]:
         return [s.id for s in self.shards if s.state in states]
@@ -61,8 +66,11 @@ class RunState:
         return all(s.state == "done" for s in self.shards)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in vars(self).items() if k != "shards"}  # shallow: fast with 10,000 shards
-        d["shards"] = [dict(vars(s)) for s in self.shards]
+        d: dict[str, Any] = {"format": STATUS_FORMAT}
+        d.update((k, v) for k, v in vars(self).items() if k not in ("shards", "stats"))
+        if self.stats is not None:
+            d.update(runstats.to_dict(self.stats))
+        d["shards"] = [dict(vars(s)) for s in self.shards]  # shallow: fast with 10,000 shards
         d["complete"] = self.complete
         return d
 
@@ -175,6 +183,7 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
     task_jobs = sorted(set(open_jobs) | set(extra))
     chain_job = (last_sub or {}).get("chain_job")
     queried = task_jobs + ([chain_job] if chain_job and not layout.scores.exists() else [])
+    progress = runstats.ProgressReader(layout)  # reads the progress records while sacct runs
     states: dict[str, str] | None = None
     calls = 0
     if query_scheduler and queried and executor == "slurm":
@@ -209,6 +218,7 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
             s.log = str(lp) if lp else None
             s.last_error = last_error_line(layout, i, attempts.get(i, []), lp) or (
                 "its task ended with chunks left unfinished; 'hpcgen resume' continues")
+            s.logs_command = f"hpcgen logs {layout.root} {i} --err"
         out.append(s)
     rs = RunState(str(layout.root), sum(e - s for s, e in shards), sum(s.rows_done for s in out), out,
                   executor=executor, sacct_calls=calls)
@@ -222,7 +232,7 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
     if chain_job:
         st = "done" if layout.scores.exists() else _open_state(chain_job, executor, states, -1, ["?"])
         rs.chain = {"job_id": chain_job, "state": st, "scores": str(layout.scores) if st == "done" else None}
-    _rate(rs, last_sub)
+    _figures(rs, layout, progress.records())
     return rs
 
 
@@ -249,11 +259,25 @@ def _open_state(jid: str | None, executor: str | None, states: dict[str, str] | 
     return "failed"  # COMPLETED without a done marker, FAILED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, ...
 
 
-def _rate(rs: RunState, last_sub: dict[str, Any] | None) -> None:
-    if not last_sub or rs.complete:
-        return
-    elapsed = time.time() - float(last_sub.get("time", time.time()))
-    gained = rs.rows_done - int(last_sub.get("rows_done_at_submit", 0))
-    if elapsed > 0 and gained > 0:
-        rs.rows_per_second = gained / elapsed
-        rs.eta_seconds = (rs.rows_total - rs.rows_done) / rs.rows_per_second
+def _figures(rs: RunState, layout: RunLayout, records: list[dict[str, Any]]) -> None:
+    """Elapsed time, rates, ETA, GPU-hours, tokens, length cuts, error rows (from progress records)."""
+    subs = layout.list_submissions()
+    first = None
+    if subs:
+        try:
+            first = float(atomic.read_json(subs[0]).get("time"))
+        except (OSError, ValueError, TypeError):
+            first = None
+    busy = bool(rs.shards_in("pending", "running"))
+    running = {s.job_id for s in rs.shards if s.state == "running" and s.job_id}
+    st = runstats.gather(layout, first, running, busy, records=records)
+    rs.stats = st
+    rs.rows_per_second = st.rows_per_second
+    rs.eta_seconds = runstats.eta_seconds(st, rs.rows_total - rs.rows_done, busy)
+    per_shard: dict[str, int] = {}
+    for t in st.tasks:
+        for shard, c in t.shards.items():
+            per_shard[shard] = per_shard.get(shard, 0) + int(c.get("errors") or 0)
+    if per_shard:
+        for s in rs.shards:
+            s.error_rows = per_shard.get(str(s.id), 0)

@@ -10,7 +10,7 @@ RUN_DIR/
     c00002.done.json             chunk 2's marker: its parts and their sha256 (written last)
   done/s000003.json              shard 3's done marker: every part of every chunk, with checksums (written last)
   dropped/s000003.c00002.<tag>.json   only if task <tag> saved rows of chunk 2 after losing it: how many
-  tasks/<tag>.json               one per task attempt: host, pid, heartbeat, state, rows done per shard
+  progress/<job>.json            one per task attempt: heartbeat, state, own shards, rows/tokens per shard (status)
   attempts/s000003.<job>.json    one per task start on its own shard: job id, host, pid, time, error
   submissions/0001.json          one per submit/resume/scale: job ids per shard, extra tasks
   logs/                          submitit folder (sbatch scripts, stdout/stderr per task)
@@ -132,12 +132,6 @@ class RunLayout:
     def list_dropped(self) -> list[Path]:
         return [self.dropped_dir / n for n in _names(self.dropped_dir) if n.endswith(".json")]
 
-    @property
-    def tasks_dir(self) -> Path:
-        return self.root / "tasks"
-
-    def task(self, tag: str) -> Path:
-        return self.tasks_dir / f"{tag}.json"
 
     @property
     def done_dir(self) -> Path:
@@ -146,6 +140,10 @@ class RunLayout:
     @property
     def attempts_dir(self) -> Path:
         return self.root / "attempts"
+
+    @property
+    def progress_dir(self) -> Path:
+        return self.root / "progress"
 
     @property
     def submissions_dir(self) -> Path:
@@ -173,6 +171,18 @@ class RunLayout:
     def attempt(self, shard: int, job_id: str) -> Path:
         return self.attempts_dir / f"s{shard:06d}.{safe_job_id(job_id)}.json"
 
+    def progress(self, job_id: str) -> Path:
+        """Progress record of one task attempt (rundir.progress)."""
+        return self.progress_dir / f"{safe_job_id(job_id)}.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    def log(self, job_id: str, err: bool = False, rank: int = 0) -> Path:
+        """submitit's log of one job (array task): logs/<job>/<job>_<rank>_log.out|err."""
+        return self.logs_dir / job_id / f"{job_id}_{rank}_log.{'err' if err else 'out'}"
+
     def multinode(self, job_id: str) -> Path:
         """Rendezvous folder of one multi-node job attempt (heartbeats, head address)."""
         return self.root / "multinode" / safe_job_id(job_id)
@@ -181,7 +191,7 @@ class RunLayout:
         return self.submissions_dir / f"{seq:04d}.json"
 
     def make_dirs(self) -> None:
-        for d in (self.work_dir, self.done_dir, self.tasks_dir, self.attempts_dir, self.submissions_dir,
+        for d in (self.work_dir, self.done_dir, self.progress_dir, self.attempts_dir, self.submissions_dir,
                   self.logs_dir):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -201,8 +211,15 @@ class RunLayout:
             ps.sort(key=lambda p: (p.seq, p.tag))
         return ShardScan(parts, leases, done)
 
-    def list_tasks(self) -> list[str]:
-        return sorted(n[:-5] for n in _names(self.tasks_dir) if n.endswith(".json") and not n.startswith("."))
+
+    def all_parts(self) -> list[PartName]:
+        """Every part of the run, shard by shard (one listing per shard folder: for reports, not status)."""
+        out: list[PartName] = []
+        for name in sorted(_names(self.work_dir)):
+            if re.fullmatch(r"s\d{6}", name):
+                scan = self.scan(int(name[1:]))
+                out += [p for c in sorted(scan.parts) for p in scan.parts[c]]
+        return out
 
     def list_done(self) -> set[int]:
         return {int(n[1:7]) for n in _names(self.done_dir) if n.startswith("s") and n.endswith(".json")}

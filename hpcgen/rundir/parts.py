@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from hpcgen.rundir import atomic
 from hpcgen.rundir.chunks import chunk_bounds, num_chunks
 from hpcgen.rundir.layout import PartName, RunLayout, ShardScan
+from hpcgen.rundir.progress import COUNTERS
 
 log = logging.getLogger("hpcgen.parts")
 
@@ -162,10 +163,25 @@ def finalize_shard(layout: RunLayout, manifest: dict[str, Any], shard: int, scan
         rows += int(marker["rows"])
         errors += int(marker.get("errors", 0))
     atomic.write_json(layout.done(shard), {
-        "shard": shard, "rows": rows, "errors": errors, "parts": parts,
+        "shard": shard, "rows": rows, "errors": errors, "parts": parts, "stats": _stats(layout, parts),
         "checksum": hashlib.sha256("".join(e["sha256"] for e in parts).encode()).hexdigest(),
         "finished": time.time()})
     return True
+
+
+def _stats(layout: RunLayout, entries: list[dict[str, Any]]) -> dict[str, int]:
+    """The progress counters (rundir.progress) of a shard's parts: rows, samples, output tokens, finish
+    reason "length", error rows."""
+    out = dict.fromkeys(COUNTERS, 0)
+    for e in entries:
+        t = pq.read_table(layout.work_dir / e["name"], columns=["finish_reasons", "response_tokens", "gen_error"])
+        reasons = pc.list_flatten(t.column("finish_reasons"))
+        out["rows"] += t.num_rows
+        out["errors"] += t.num_rows - t.column("gen_error").null_count
+        out["samples"] += len(reasons)
+        out["length"] += int(pc.sum(pc.equal(reasons, "length")).as_py() or 0)
+        out["output_tokens"] += int(pc.sum(pc.list_flatten(t.column("response_tokens"))).as_py() or 0)
+    return out
 
 
 def dropped_rows(layout: RunLayout, shard: int) -> int:

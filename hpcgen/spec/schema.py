@@ -238,6 +238,7 @@ class MergeConfig(_Section):
 
 class ScoreConfig(_Section):
     after_merge: bool = False
+    grader: Literal["verl", "math-verify"] = "verl"  # verl's default_compute_score rules, or lenient
     custom_path: str | None = None
     custom_name: str = "compute_score"
 

@@ -12,7 +12,6 @@ from typing import Any
 import pyarrow as pa
 
 from hpcgen.rundir.layout import PartName, RunLayout
-from hpcgen.rundir.leases import TaskRecord
 from hpcgen.rundir.parts import (
     PART_SCHEMA,
     Saved,
@@ -21,6 +20,7 @@ from hpcgen.rundir.parts import (
     write_chunk_done,
     write_part,
 )
+from hpcgen.rundir.progress import TaskProgress
 from hpcgen.task.work import Claim, WorkQueue
 
 log = logging.getLogger("hpcgen.task.saver")
@@ -44,9 +44,9 @@ class _Open:
 class ChunkSaver:
     """Rows of every chunk the task holds, until they are saved; ``flush`` saves all buffers."""
 
-    def __init__(self, layout: RunLayout, manifest: dict[str, Any], queue: WorkQueue, record: TaskRecord,
-                 every_rows: int, every_seconds: float) -> None:
-        self.layout, self.manifest, self.queue, self.record = layout, manifest, queue, record
+    def __init__(self, layout: RunLayout, manifest: dict[str, Any], queue: WorkQueue, progress: TaskProgress,
+                 tag: str, every_rows: int, every_seconds: float) -> None:
+        self.layout, self.manifest, self.queue, self.progress, self.tag = layout, manifest, queue, progress, tag
         self.every_rows, self.every_seconds = every_rows, every_seconds
         self.open: dict[tuple[int, int], _Open] = {}
         self.by_row: dict[int, tuple[int, int]] = {}
@@ -96,12 +96,12 @@ class ChunkSaver:
         rows = sorted(ch.rows, key=lambda r: r["row_id"])
         table = pa.Table.from_pylist(rows, schema=PART_SCHEMA)
         c = ch.claim
-        ch.parts.append(write_part(self.layout, c.shard, c.chunk, ch.seq, self.record.tag, table))
+        ch.parts.append(write_part(self.layout, c.shard, c.chunk, ch.seq, self.tag, table))
         ch.seq += 1
         ch.written += len(rows)
         self.pending -= min(self.pending, len(rows))
         ch.rows = []
-        self.record.count(c.shard, len(rows))
+        self.progress.flushed(c.shard, rows)
 
     def _finish_if_complete(self, key: tuple[int, int]) -> None:
         ch = self.open[key]
@@ -113,13 +113,11 @@ class ChunkSaver:
         if not self.queue.still_mine(c):  # taken over while we worked: the new holder's marker counts
             self.lost_rows += ch.written
             if ch.written:
-                record_dropped(self.layout, c.shard, c.chunk, self.record.tag, ch.written)
+                record_dropped(self.layout, c.shard, c.chunk, self.tag, ch.written)
             log.warning("shard %d chunk %d was taken over by another task: %d rows saved here are not used",
                         c.shard, c.chunk, ch.written)
             return
-        write_chunk_done(self.layout, c.shard, c.chunk, ch.saved.parts + ch.parts, ch.errors, self.record.tag,
-                         c.gen)
-        self.record.data["chunks"] += 1
-        self.record.data["stolen_chunks"] += int(c.stolen)
+        write_chunk_done(self.layout, c.shard, c.chunk, ch.saved.parts + ch.parts, ch.errors, self.tag, c.gen)
+        self.progress.chunk_done(c.stolen)
         if finalize_shard(self.layout, self.manifest, c.shard):
             log.info("shard %d done", c.shard)

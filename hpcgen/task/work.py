@@ -36,9 +36,9 @@ class Claim:
 
 
 class WorkQueue:
-    def __init__(self, layout: RunLayout, manifest: dict[str, Any], tag: str, own: list[int], *, steal: bool,
+    def __init__(self, layout: RunLayout, manifest: dict[str, Any], job: str, own: list[int], *, steal: bool,
                  timeout_s: float, rng: random.Random | None = None) -> None:
-        self.layout, self.manifest, self.tag = layout, manifest, tag
+        self.layout, self.manifest, self.job = layout, manifest, job
         self.own, self.steal, self.timeout_s = list(own), steal, timeout_s
         self.rng = rng or random.Random()
         self._cursor = {s: 0 for s in own}  # owners move front to back
@@ -60,12 +60,12 @@ class WorkQueue:
         who = holder(self.layout, shard, chunk, gen)
         if who is None:  # a lease being written this instant, or unreadable: not ours to judge yet
             return None
-        if who == self.tag:  # ours if this run claimed it; else an earlier run under the same name, gone
+        if who == self.job:  # ours if this run claimed it; else an earlier run under the same name, gone
             return None if (shard, chunk) in self.held else gen + 1
         return None if live.alive(who) else gen + 1
 
     def _try(self, shard: int, chunk: int, gen: int, stolen: bool) -> Claim | None:
-        if not claim(self.layout, shard, chunk, gen, self.tag):
+        if not claim(self.layout, shard, chunk, gen, self.job):
             return None
         self.held.add((shard, chunk))
         if gen:

@@ -30,9 +30,10 @@ from hpcgen.errors import RunDirError
 from hpcgen.rundir import atomic
 from hpcgen.rundir.fingerprint import changed_inputs
 from hpcgen.rundir.layout import RunLayout, part_tag
-from hpcgen.rundir.leases import TaskRecord, mark_dead
+from hpcgen.rundir.leases import BEAT_S, mark_dead
 from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
 from hpcgen.rundir.parts import PART_SCHEMA, done_marker_ok, usable_parts
+from hpcgen.rundir.progress import TaskProgress, task_gpus
 from hpcgen.spec.schema import JobSpec
 from hpcgen.task.identity import job_id, restart_count
 from hpcgen.task.prompts import PromptReader
@@ -233,11 +234,14 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
         attempts(error=problem, ended=time.time())
         raise RunDirError(problem)
     attempts(error=None)
-    record = TaskRecord(layout, tag, jid, own)
+    progress = TaskProgress(layout, jid, task_gpus(spec), own)  # status figures and this task's heartbeat
+    progress.save()
+    progress.start_beat(BEAT_S)
     for earlier in range(restarts):  # SLURM restarted this job: its earlier runs are gone, free their chunks
-        mark_dead(layout, part_tag(f"{jid.rsplit('.r', 1)[0]}.r{earlier}"), "its job was requeued")
-    queue = WorkQueue(layout, manifest, tag, own, steal=spec.sharding.steal, timeout_s=spec.sharding.lease_timeout_s)
-    saver = ChunkSaver(layout, manifest, queue, record, spec.checkpoint.every_rows, spec.checkpoint.every_seconds)
+        mark_dead(layout, f"{jid.rsplit('.r', 1)[0]}.r{earlier}", "its job was requeued")
+    queue = WorkQueue(layout, manifest, jid, own, steal=spec.sharding.steal, timeout_s=spec.sharding.lease_timeout_s)
+    saver = ChunkSaver(layout, manifest, queue, progress, tag, spec.checkpoint.every_rows,
+                       spec.checkpoint.every_seconds)
     perf = {"engine_start_s": 0.0, "gen_s": 0.0, "rows": 0}
     engine = None
     try:
@@ -255,24 +259,25 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
             feed = _feed(queue, first, saver, PromptReader(manifest), layout, spec.data.n_samples)
             generate_rows(engine, feed, saver, window)
             perf["gen_s"] = time.monotonic() - t0
-            perf["rows"] = sum(record.data["rows"].values())
+            perf["rows"] = progress.record["rows"]
     except BaseException as exc:
         with contextlib.suppress(Exception):
             saver.flush()
         error = _attempt_error(exc, task)
-        record.close("failed", error=error)
+        progress.finish(error)
         attempts(error=error, ended=time.time(), traceback=traceback.format_exc(limit=20))
         raise
     finally:
         if task is not None:
             task._writer = None
-    record.close("exited", lost_rows=saver.lost_rows)
+    progress.finish(None, lost_rows=saver.lost_rows)
     attempts(error=None, ended=time.time())
     if perf["rows"] and perf["gen_s"] > 0 and engine_factory is None:
         from hpcgen.rundir.measurements import record_measurement
 
         record_measurement(spec, perf["engine_start_s"], perf["rows"] / perf["gen_s"])
     done = layout.list_done()
+    rec = progress.record
     return {"job_id": jid, "task": tag, "own": {s: "done" if s in done else "not done" for s in shard_ids},
-            "chunks": record.data["chunks"], "stolen_chunks": record.data["stolen_chunks"],
-            "rows": dict(record.data["rows"]), "engine": engine is not None, "perf": perf}
+            "chunks": rec["chunks"], "stolen_chunks": rec["stolen_chunks"],
+            "rows": {k: v["rows"] for k, v in rec["shards"].items()}, "engine": engine is not None, "perf": perf}
