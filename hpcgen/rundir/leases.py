@@ -66,25 +66,31 @@ def mark_dead(layout: RunLayout, job_id: str, why: str) -> None:
 
 
 class Liveness:
-    """Judges holders, reading each task record at most once per instance (make one per decision)."""
+    """Judges holders, reading each task record at most once per instance (make one per decision). A holder
+    is alive, gone, or suspect: alive but silent for more than ``3 * beat_s`` (its node may be lost; it is
+    judged gone once silent for ``timeout_s``)."""
 
-    def __init__(self, layout: RunLayout, timeout_s: float) -> None:
-        self.layout, self.timeout_s = layout, timeout_s
-        self._cache: dict[str, bool] = {}
+    def __init__(self, layout: RunLayout, timeout_s: float, beat_s: float = BEAT_S) -> None:
+        self.layout, self.timeout_s, self.beat_s = layout, timeout_s, beat_s
+        self._cache: dict[str, str] = {}
 
-    def alive(self, job_id: str) -> bool:
+    def status(self, job_id: str) -> str:
         if job_id not in self._cache:
             rec = read_task(self.layout, job_id)
-            self._cache[job_id] = rec is not None and _alive(rec, self.timeout_s)
+            self._cache[job_id] = "gone" if rec is None else _status(rec, self.timeout_s, self.beat_s)
         return self._cache[job_id]
 
+    def alive(self, job_id: str) -> bool:
+        return self.status(job_id) != "gone"
 
-def _alive(rec: dict[str, Any], timeout_s: float) -> bool:
+
+def _status(rec: dict[str, Any], timeout_s: float, beat_s: float) -> str:
     if rec.get("state", "running") != "running" or rec.get("ended"):
-        return False
+        return "gone"
     if rec.get("host") == HOST and not pid_alive(int(rec.get("pid", -1))):
-        return False
-    return time.time() - float(rec.get("beat", 0)) <= timeout_s
+        return "gone"
+    silent = time.time() - float(rec.get("beat", 0))
+    return "gone" if silent > timeout_s else "suspect" if silent > 3 * beat_s else "alive"
 
 
 # --- leases ------------------------------------------------------------------------------------------

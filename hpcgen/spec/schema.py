@@ -83,7 +83,7 @@ class ShardingConfig(_Section):
     shards_per_task: int = Field(1, ge=1)
     rows_per_chunk: int | None = Field(None, ge=1)  # default: from the shard size (hpcgen.rundir.chunks)
     steal: bool = True  # a task that finished its own shards takes over others' remaining chunks
-    lease_timeout_s: float = Field(300.0, ge=10)  # a claim's holder without a heartbeat this long is gone
+    lease_timeout_s: float = Field(120.0, ge=30)  # a claim's holder silent this long (heartbeats: 10 s) is gone
 
     @model_validator(mode="after")
     def _one_of(self) -> ShardingConfig:

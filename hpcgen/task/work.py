@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from hpcgen.rundir.chunks import chunk_bounds, num_chunks
 from hpcgen.rundir.layout import RunLayout, ShardScan
-from hpcgen.rundir.leases import Liveness, claim, holder
+from hpcgen.rundir.leases import BEAT_S, Liveness, claim, holder
 
 log = logging.getLogger("hpcgen.task.work")
 SAMPLE = 16
@@ -37,9 +38,11 @@ class Claim:
 
 class WorkQueue:
     def __init__(self, layout: RunLayout, manifest: dict[str, Any], job: str, own: list[int], *, steal: bool,
-                 timeout_s: float, rng: random.Random | None = None) -> None:
+                 timeout_s: float, beat_s: float = BEAT_S, rng: random.Random | None = None) -> None:
         self.layout, self.manifest, self.job = layout, manifest, job
-        self.own, self.steal, self.timeout_s = list(own), steal, timeout_s
+        self.own, self.steal, self.timeout_s, self.beat_s = list(own), steal, timeout_s, beat_s
+        self._victim: int | None = None  # a thief drains one shard's tail before looking for another
+        self.suspects = 0  # chunks seen held by silent holders at the last look
         self.rng = rng or random.Random()
         self._cursor = {s: 0 for s in own}  # owners move front to back
         self.held: set[tuple[int, int]] = set()
@@ -62,7 +65,9 @@ class WorkQueue:
             return None
         if who == self.job:  # ours if this run claimed it; else an earlier run under the same name, gone
             return None if (shard, chunk) in self.held else gen + 1
-        return None if live.alive(who) else gen + 1
+        status = live.status(who)
+        self.suspects += status == "suspect"
+        return None if status != "gone" else gen + 1
 
     def _try(self, shard: int, chunk: int, gen: int, stolen: bool) -> Claim | None:
         if not claim(self.layout, shard, chunk, gen, self.job):
@@ -77,11 +82,14 @@ class WorkQueue:
     def next(self) -> Claim | None:
         return self._own() or (self._steal() if self.steal else None)
 
+    def _live(self) -> Liveness:
+        return Liveness(self.layout, self.timeout_s, self.beat_s)
+
     def _own(self) -> Claim | None:
         for shard in self.own:
             n = num_chunks(self.manifest, shard)
             while self._cursor[shard] < n:
-                scan, live = self._scan(shard), Liveness(self.layout, self.timeout_s)
+                scan, live = self._scan(shard), self._live()
                 chunk = self._cursor[shard]
                 self._cursor[shard] += 1
                 gen = self._available(shard, chunk, scan, live)
@@ -90,25 +98,42 @@ class WorkQueue:
         return None
 
     def _steal(self) -> Claim | None:
+        self.suspects = 0
         for _ in range(8):  # a lost race for a chunk: look again
-            done = self.layout.list_done()
-            candidates = [s for s in range(len(self.manifest["shards"])) if s not in done]
-            if not candidates:
-                return None
-            self.rng.shuffle(candidates)
-            found = self._best(candidates[:SAMPLE]) or (
-                self._best(candidates[SAMPLE:]) if len(candidates) > SAMPLE else None)
+            if self._victim is not None:  # keep draining the last victim's tail: one listing per chunk
+                found = self._best([self._victim])
+                if found is None:
+                    self._victim = None
+            if self._victim is None:
+                done = self.layout.list_done()
+                candidates = [s for s in range(len(self.manifest["shards"])) if s not in done]
+                self.rng.shuffle(candidates)
+                found = self._best(candidates[:SAMPLE]) or (
+                    self._best(candidates[SAMPLE:]) if len(candidates) > SAMPLE else None)
             if found is None:
                 return None
             shard, chunk, gen = found
+            self._victim = shard
             got = self._try(shard, chunk, gen, stolen=shard not in self.own)
+            if got is not None:
+                return got
+        return None
+
+    def after_suspects(self, sleep: Any = time.sleep) -> Claim | None:
+        """Nothing is free, but chunks are held by holders that have gone silent (a lost node?): rather than
+        leave them to a resume, wait, beat by beat, until they come back, finish, or are judged gone (then
+        take them over). Returns the next claim, or None when nothing is left at all."""
+        deadline = time.monotonic() + self.timeout_s + self.beat_s
+        while self.steal and self.suspects and time.monotonic() < deadline:
+            sleep(self.beat_s)
+            got = self.next()
             if got is not None:
                 return got
         return None
 
     def _best(self, shards: list[int]) -> tuple[int, int, int] | None:
         """(shard, chunk, generation): the last available chunk of the shard with the most available."""
-        live = Liveness(self.layout, self.timeout_s)
+        live = self._live()
         best: tuple[int, int, int, int] | None = None  # (count, shard, chunk, gen)
         for shard in shards:
             scan = self._scan(shard)

@@ -247,17 +247,19 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
     try:
         if task is not None:
             task._writer = saver
-        first = queue.next()
-        if first is not None:  # a task that starts when no work is left never loads an engine
+        claim = queue.next() or queue.after_suspects()
+        if claim is not None:  # a task that starts when no work is left never loads an engine
             from hpcgen.task.engine import Engine
 
             t0 = time.monotonic()
             engine = (engine_factory or Engine)(spec, spec.model.path)
             perf["engine_start_s"] = time.monotonic() - t0
             t0 = time.monotonic()
-            window = spec.feed_window
-            feed = _feed(queue, first, saver, PromptReader(manifest), layout, spec.data.n_samples)
-            generate_rows(engine, feed, saver, window)
+            reader = PromptReader(manifest)
+            while claim is not None:  # the engine stays loaded while chunks held by silent holders come free
+                generate_rows(engine, _feed(queue, claim, saver, reader, layout, spec.data.n_samples), saver,
+                              spec.feed_window)
+                claim = queue.after_suspects()
             perf["gen_s"] = time.monotonic() - t0
             perf["rows"] = progress.record["rows"]
     except BaseException as exc:
