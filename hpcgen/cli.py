@@ -38,16 +38,16 @@ def _summary_line(state: Any) -> str:
 def cmd_submit(a: argparse.Namespace) -> int:
     from hpcgen.login import ops
 
+    if a.sweep or a.multirun:
+        return _submit_sweep(a)
     res = ops.submit(Path(a.job), a.overrides, run_dir=Path(a.run_dir) if a.run_dir else None,
                      executor=a.executor, dry_run=a.dry_run)
     p = res.plan
-    sizes = [e - s for s, e in p.shards]
-    _err(f"plan: {p.dataset.rows} rows of {p.dataset.path} -> {len(p.shards)} shards "
-         f"({min(sizes)}-{max(sizes)} rows), {len(p.tasks)} tasks, n_samples={p.spec.data.n_samples}")
+    _plan_lines(p)
     if res.dry_run is not None:
         from hpcgen.login.advice import sizing_advice
 
-        for line in sizing_advice(p.spec, sizes):
+        for line in sizing_advice(p.spec, [e - s for s, e in p.shards]):
             _err(line)
         print(f"# run directory (not created): {res.layout.root}")
         if a.executor == "slurm":
@@ -62,6 +62,39 @@ def cmd_submit(a: argparse.Namespace) -> int:
         _wait(res.layout.root)
     print(res.layout.root)
     return 0
+
+
+def _submit_sweep(a: argparse.Namespace) -> int:
+    from hpcgen.login import ops
+
+    res = ops.submit_sweep(Path(a.job), a.sweep or [], a.overrides, multirun=a.multirun,
+                           run_dir=Path(a.run_dir) if a.run_dir else None, executor=a.executor, dry_run=a.dry_run)
+    for run, plan in zip(res.runs, res.plans, strict=True):
+        _err(f"run {run.name} ({run.label}):")
+        _plan_lines(plan)
+    if res.dry_run is not None:
+        print(res.dry_run)
+        return 0
+    arrays = [x for sub in res.submissions for x in sub.arrays]
+    _err(f"queued {len(res.runs)} runs ({sum(len(p.tasks) for p in res.plans)} tasks): {', '.join(arrays)}")
+    if a.wait:
+        for run in res.runs:
+            _wait(res.root / run.name)
+    print(res.root)
+    return 0
+
+
+def _plan_lines(p: Any) -> None:
+    sizes = [e - s for s, e in p.shards]
+    shards = f"{len(p.shards)} shards ({min(sizes)}-{max(sizes)} rows), {len(p.tasks)} tasks"
+    seeds = p.spec.run_seeds
+    if len(p.datasets) == 1 and len(seeds) == 1:
+        d = p.datasets[0]
+        _err(f"plan: {d.describe()} -> {shards}, n_samples={d.n_samples}")
+        return
+    for d in p.datasets:
+        _err(f"dataset {d.name}: {d.describe()}, n_samples={d.n_samples}" + (" (per request)" if d.n_runs else ""))
+    _err(f"plan: {len(p.datasets)} dataset(s) x {len(seeds)} seed(s) {seeds} = {p.rows} rows -> {shards}")
 
 
 def _wait(run_dir: Path) -> None:
@@ -82,6 +115,16 @@ def cmd_status(a: argparse.Namespace) -> int:
     from hpcgen.login.state import collect
     from hpcgen.rundir.manifest import load_manifest
 
+    if _sweep(a.run_dir) and not a.watch:
+        from hpcgen.login.sweep import format_status, sweep_status
+
+        entries = sweep_status(Path(a.run_dir))
+        if a.json:
+            print(json.dumps({"format": "hpcgen-sweep-status/1", "sweep": str(Path(a.run_dir).resolve()),
+                              "runs": entries}))
+        else:
+            _console().print(format_status(Path(a.run_dir), entries))
+        return 0
     if a.watch:
         from hpcgen.login.watch import check_interval, watch
 
@@ -90,9 +133,14 @@ def cmd_status(a: argparse.Namespace) -> int:
         watch(Path(a.run_dir), interval=a.interval, tty=tty, console=_console() if tty else None,
               out=lambda line: print(line, flush=True))
         return 0
-    state = collect(Path(a.run_dir), load_manifest(Path(a.run_dir)))
+    manifest = load_manifest(Path(a.run_dir))
+    state = collect(Path(a.run_dir), manifest)
+    from hpcgen.login.sweep import block_progress
+
+    per_dataset = block_progress(manifest, state)
     if a.json:
-        print(json.dumps(state.to_dict()))
+        print(json.dumps({**state.to_dict(), "datasets": {k: {"rows_done": v[0], "rows_total": v[1]}
+                                                          for k, v in per_dataset.items()}}))
         return 0
     from rich.markup import escape
     from rich.table import Table
@@ -119,6 +167,9 @@ def cmd_status(a: argparse.Namespace) -> int:
         con.print(escape(f"shard {s.id} {s.state}, its log: {s.logs_command}"), soft_wrap=True)
     if len(bad) > 10:
         con.print(f"... and {len(bad) - 10} more failed shards (hpcgen logs RUN SHARD --err)")
+    if len(per_dataset) > 1 or len(manifest["seeds"]) > 1:
+        con.print(escape("datasets (every seed): " + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in per_dataset.items())
+                         + f"; seeds {manifest['seeds']}"))
     con.print(_summary_line(state))
     return 0
 
@@ -163,6 +214,11 @@ def cmd_logs(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from hpcgen.login.report import write_report
 
+    if _sweep(a.run_dir):
+        from hpcgen.login.sweep import write_sweep_report
+
+        print(write_sweep_report(Path(a.run_dir), Path(a.output) if a.output else None))
+        return 0
     out = write_report(Path(a.run_dir), Path(a.output) if a.output else None)
     print(out)
     return 0
@@ -200,18 +256,37 @@ def cmd_scale(a: argparse.Namespace) -> int:
 
 
 def cmd_merge(a: argparse.Namespace) -> int:
-    from hpcgen.login.merge import merge_run
+    from hpcgen.login.merge import merge_all
+    from hpcgen.rundir.blocks import dataset_index
+    from hpcgen.rundir.manifest import load_manifest
 
-    res = merge_run(Path(a.run_dir), output=Path(a.output) if a.output else None,
-                    allow_partial=a.allow_partial, metadata=False if a.no_metadata else None)
-    if res.missing_shards:
-        _err(f"partial merge: {len(res.missing_shards)} shard(s) missing")
-    if res.dropped_rows:
-        _err(f"dropped {res.dropped_rows} duplicate row(s): saved by a task after another took its chunk over")
-    _err(f"merged {res.rows} rows from {res.shards} shards ({res.error_rows} rows with errors) "
-         f"in {res.seconds:.1f}s")
-    print(res.output)
+    if _sweep(a.run_dir):
+        from hpcgen.login.sweep import merge_sweep
+
+        for res in merge_sweep(Path(a.run_dir), allow_partial=a.allow_partial,
+                               metadata=False if a.no_metadata else None):
+            print(res.output)
+        return 0
+    picked = [dataset_index(load_manifest(Path(a.run_dir)), a.dataset)] if a.dataset else None
+    results = merge_all(Path(a.run_dir), output=Path(a.output) if a.output else None, datasets=picked,
+                        allow_partial=a.allow_partial, metadata=False if a.no_metadata else None)
+    for res in results:
+        name = f"dataset {res.dataset}: " if len(results) > 1 or a.dataset else ""
+        if res.missing_shards:
+            _err(f"{name}partial merge: {len(res.missing_shards)} shard(s) missing")
+        if res.dropped_rows:
+            _err(f"{name}dropped {res.dropped_rows} duplicate row(s): saved by a task after another took its chunk "
+                 "over")
+        _err(f"{name}merged {res.rows} rows from {res.shards} shards ({res.error_rows} rows with errors) "
+             f"in {res.seconds:.1f}s")
+        print(res.output)
     return 0
+
+
+def _sweep(path: str) -> bool:
+    from hpcgen.login.sweep import is_sweep
+
+    return is_sweep(Path(path))
 
 
 def cmd_cancel(a: argparse.Namespace) -> int:
@@ -249,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--executor", choices=("slurm", "local"), default="slurm")
     s.add_argument("--dry-run", action="store_true", help="print the plan and the sbatch script; queue nothing")
     s.add_argument("--wait", action="store_true", help="block until every shard is done or failed")
+    s.add_argument("--sweep", action="append", metavar="KEY=A,B,...",
+                   help="one run per value (repeat for a cartesian product), under one sweep folder")
+    s.add_argument("-m", "--multirun", action="store_true",
+                   help="as in Hydra: every KEY=A,B override with a comma is swept (quote a value to keep its comma)")
     s.set_defaults(fn=cmd_submit)
 
     s = sub.add_parser("status", help="where every shard stands")
@@ -286,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("merge", help="verify and merge every shard into one ordered file")
     s.add_argument("run_dir")
-    s.add_argument("--output", help="output path (.parquet or .jsonl); default data.output_path")
+    s.add_argument("--output", help="output path (.parquet or .jsonl); default data.output_path (one dataset)")
+    s.add_argument("--dataset", help="merge only this dataset of the run (default: every dataset)")
     s.add_argument("--allow-partial", action="store_true", help="merge the done shards of an incomplete run")
     s.add_argument("--no-metadata", action="store_true", help="only add 'responses' (verl's exact schema)")
     s.set_defaults(fn=cmd_merge)

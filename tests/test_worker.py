@@ -109,8 +109,8 @@ def test_prompt_reader_reads_only_the_chunk(tmp_path, small_dataset, fake_model,
         for chunk in reversed(range(num_chunks(manifest, shard))):  # a thief's order
             lo, hi = chunk_bounds(manifest, shard, chunk)
             rows = list(reader.rows(shard, chunk, lo, hi))
-            assert [r for r, _ in rows] == list(range(lo, hi))
-            assert [v for _, v in rows] == full[lo:hi]
+            assert [r.row_id for r in rows] == list(range(lo, hi))
+            assert [r.value for r in rows] == full[lo:hi]
 
 
 def test_finished_task_ignores_a_late_time_limit_warning(tmp_path, small_dataset, fake_model):
