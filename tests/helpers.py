@@ -92,11 +92,20 @@ class FakeEngine:
         from hpcgen.task.engine import Finished
 
         done, self.queue = self.queue[: self.per_step], self.queue[self.per_step:]
-        return [Finished(r, [self.text(r, i) for i in range(n)], ["stop"] * n, [3] * n, 5)
-                for r in done for n in [self.sampling.pop(r)["n"]]]
+        return [Finished(r, [self.text(r, i, sp) for i in range(sp["n"])], ["stop"] * sp["n"], [3] * sp["n"], 5)
+                for r in done for sp in [self.sampling.pop(r)]]
 
-    def text(self, row_id: int, i: int) -> str:
+    def text(self, row_id: int, i: int, sampling: dict[str, Any]) -> str:
         return f"row {row_id} sample {i}"
+
+
+class SeedEngine(FakeEngine):
+    """Text from the request's seed, not the run row id: what a real engine's samples depend on (so a row of a
+    run of several datasets and seeds reads like the same row of a single-dataset run with that seed)."""
+
+    def text(self, row_id: int, i: int, sampling: dict[str, Any]) -> str:
+        extra = {k: v for k, v in sorted(sampling.items()) if k not in ("n", "seed")}
+        return f"seed {sampling['seed'] + i}" + (f" {extra}" if extra else "")
 
 
 def make_run(tmp_path: Path, dataset: Path, model: Path, *overrides: str) -> Any:

@@ -215,9 +215,9 @@ def inspect_batch(path: Path, ctx: BatchContext) -> DatasetInfo:
     offsets = array("q")
     ns = array("q")
     size = 0
-    for lineno, pos, obj, line in _lines(path, ctx.key):
+    for lineno, pos, obj, line in _lines(path, f"{ctx.key}.path"):
         h.update(line)
-        where = f"{ctx.key} {path} line {lineno}"
+        where = f"{ctx.key}.path {path} line {lineno}"
         try:
             cid, body = parse_request(obj)
             over = sampling_overrides(body)

@@ -259,7 +259,7 @@ class ScoreConfig(_Section):
 
 
 class JobSpec(_Section):
-    data: DataConfig
+    data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
