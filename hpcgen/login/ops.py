@@ -184,10 +184,11 @@ def scale(run_dir: Path, add: int) -> tuple[Submission, RunState]:
         raise UserError("scale: give the number of tasks to add, e.g. 'hpcgen scale RUN +4'")
     if not spec.sharding.steal:
         raise UserError("scale: this run has sharding.steal=false: added tasks could not take any work")
+    _, _, last_exec = latest_jobs(layout)
+    _bury_dead_tasks(layout, last_exec)  # their chunks are free for the new tasks at once
     state = collect(run_dir, manifest)
     if state.complete:
         raise UserError(f"scale: run {layout.root} is already complete")
-    _, _, last_exec = latest_jobs(layout)
     sub = submit_groups(layout, spec, [[] for _ in range(add)], executor=last_exec or "slurm", kind="scale",
                         extra={"rows_done_at_submit": state.rows_done})
     attach_chain(layout, spec, sub, previous=state.chain.get("job_id") if state.chain else None)

@@ -37,6 +37,7 @@ from hpcgen.rundir.parts import PART_SCHEMA, done_marker_ok, usable_parts
 from hpcgen.rundir.progress import TaskProgress, task_gpus
 from hpcgen.spec.schema import JobSpec
 from hpcgen.task.identity import job_id, restart_count
+from hpcgen.task.pacing import Pacing
 from hpcgen.task.prompts import PromptReader, Row
 from hpcgen.task.saver import ChunkSaver
 from hpcgen.task.work import Claim, WorkQueue
@@ -59,7 +60,7 @@ def generate_rows(engine: Any, prompts: Iterator[Row], writer: Any, window: int)
 
     inflight: dict[int, bool] = {}
     exhausted = False
-    pace = _test_pace()
+    pacing = Pacing.from_env()
     writer.last_flush = time.monotonic()
     while True:
         while not exhausted and len(inflight) < window:
@@ -81,20 +82,9 @@ def generate_rows(engine: Any, prompts: Iterator[Row], writer: Any, window: int)
                         "response_tokens": f.response_tokens, "prompt_tokens": f.prompt_tokens,
                         "prompt_truncated": inflight.pop(f.row_id, False), "gen_error": None})
         writer.maybe_flush()
-        if pace:
-            time.sleep(pace)
+        if pacing:
+            pacing.after_step(inflight)
     writer.flush()
-
-
-def _test_pace() -> float:
-    """Fault tests only: a pause after each engine step, so that a kill, requeue or time limit lands mid-shard
-    however fast the machine generates. ``HPCGEN_TEST_STEP_DELAY_S`` is seconds for every task, or
-    ``INDEX=SECONDS,...`` per array task index (a slow shard next to fast ones). Unset in real runs."""
-    value = os.environ.get("HPCGEN_TEST_STEP_DELAY_S") or ""
-    if "=" not in value:
-        return float(value or 0)
-    per_task = dict(item.split("=", 1) for item in value.split(","))
-    return float(per_task.get(os.environ.get("SLURM_ARRAY_TASK_ID", ""), 0))
 
 
 class ShardTask(submitit.helpers.Checkpointable):
