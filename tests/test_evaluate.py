@@ -299,3 +299,22 @@ def test_plan_error_for_a_file_of_a_dataset_names_the_file(tmp_path, data, fake_
                                     "datasets": {"x": {"path": [str(data["one"]), str(tmp_path / "bad.parquet")]}}})
     with pytest.raises(DatasetError, match=r"datasets.x.path .*bad.parquet is not a readable parquet file"):
         make_plan(spec, job_file=None, overrides=[])
+
+
+def test_chained_merge_and_score_handles_every_dataset(tmp_path, data, fake_model):
+    """score.after_merge's step on a run of several datasets: every output, one scores.json, the report."""
+    from hpcgen.login.chain import merge_and_score
+
+    layout = run(tmp_path, fake_model, eval_job(data), name="chained")
+    out = merge_and_score(str(layout.root))
+    assert [Path(p).name for p in out["outputs"]] == ["gsm.parquet", "math.parquet", "hf.parquet"]
+    assert sorted(json.loads((layout.root / "scores.json").read_text())["datasets"]) == ["gsm", "hf", "math"]
+    assert "dataset gsm" in (layout.root / "report.html").read_text()
+
+
+def test_a_sweep_folder_given_to_a_one_run_command_says_so(tmp_path):
+    (tmp_path / "sw" / "000-a").mkdir(parents=True)
+    (tmp_path / "sw" / "sweep.json").write_text("{}")
+    (tmp_path / "sw" / "000-a" / "manifest.json").write_text("{}")
+    res = hpcgen("resume", str(tmp_path / "sw"))
+    assert res.returncode == 2 and "is a sweep folder: this command takes one of its runs, e.g." in res.stderr
