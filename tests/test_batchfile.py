@@ -73,6 +73,10 @@ def test_batch_file_round_trips_with_its_sampling_values(tmp_path, fake_model):
     assert "message 0 content must be a string" in by_id["req-g"]["error"]
     again = merge_run(run, output=tmp_path / "again.jsonl").output
     assert Path(again).read_bytes() == Path(out).read_bytes()  # derived ids: merging twice writes the same bytes
+    from helpers import hpcgen
+
+    res = hpcgen("score", str(run))
+    assert res.returncode == 2 and "not graded" in res.stderr and "no ground truth" in res.stderr
 
 
 def test_output_lines_are_what_vllms_batch_models_write(tmp_path, fake_model, vllm_ok):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -204,7 +205,7 @@ def test_score_of_a_run_of_several_datasets_is_one_table(tmp_path, data, fake_mo
 BAD = ["glob matching nothing", "schemas differ", "prompt column missing in one file", "duplicate dataset name",
        "duplicate dataset name (list)", "repeated seeds", "batch line without custom_id", "duplicate custom_id",
        "batch field that would be ignored", "max_tokens over response_length", "two formats in one dataset",
-       "a DatasetDict folder", "batch seed with several seeds"]
+       "a DatasetDict folder", "batch seed with several seeds", "column types differ", "unknown key in a dataset"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -224,6 +225,16 @@ def test_bad_evaluation_input_is_one_line(case, tmp_path, data, fake_model):
         pq.write_table(pa.table({"prompt": ["x"], "other": [1]}), d / "part-00002.parquet")
         job["data"]["path"] = str(d)
         want = r"data.path: .*part-00002.parquet has other columns than .*part-00000.parquet"
+    elif case == "column types differ":
+        d = tmp_path / "d"
+        d.mkdir()
+        pq.write_table(pa.table({"prompt": ["x"], "level": [1]}), d / "a.parquet")
+        pq.write_table(pa.table({"prompt": ["y"], "level": ["hard"]}), d / "b.parquet")
+        job["data"]["path"] = str(d / "*.parquet")
+        want = r"b.parquet has other columns than .*a.parquet \(column 'level' is string, not int64\)"
+    elif case == "unknown key in a dataset":
+        job["datasets"] = {"gsm": {"path": str(data["one"]), "n_sample": 2}}
+        want = r"unknown key 'datasets.gsm.n_sample'; did you mean 'datasets.gsm.n_samples'\?"
     elif case == "prompt column missing in one file":
         (tmp_path / "a.jsonl").write_text('{"prompt": "x"}\n')
         (tmp_path / "b.jsonl").write_text('{"question": "x"}\n')
@@ -309,7 +320,8 @@ def test_chained_merge_and_score_handles_every_dataset(tmp_path, data, fake_mode
     out = merge_and_score(str(layout.root))
     assert [Path(p).name for p in out["outputs"]] == ["gsm.parquet", "math.parquet", "hf.parquet"]
     assert sorted(json.loads((layout.root / "scores.json").read_text())["datasets"]) == ["gsm", "hf", "math"]
-    assert "dataset gsm" in (layout.root / "report.html").read_text()
+    page = (layout.root / "report.html").read_text()
+    assert "dataset gsm" in page and "<th>dataset</th>" in page and "<td>hf</td>" in page  # a score line each
 
 
 def test_a_sweep_folder_given_to_a_one_run_command_says_so(tmp_path):
@@ -318,3 +330,21 @@ def test_a_sweep_folder_given_to_a_one_run_command_says_so(tmp_path):
     (tmp_path / "sw" / "000-a" / "manifest.json").write_text("{}")
     res = hpcgen("resume", str(tmp_path / "sw"))
     assert res.returncode == 2 and "is a sweep folder: this command takes one of its runs, e.g." in res.stderr
+
+
+def test_one_changed_file_of_many_is_refused_by_merge_and_resume(tmp_path, data, fake_model):
+    from hpcgen.errors import RunDirError
+    from hpcgen.login.ops import check_unchanged
+    from hpcgen.rundir.manifest import load_manifest
+
+    folder = tmp_path / "copy"
+    shutil.copytree(data["dir"], folder)
+    layout = run(tmp_path, fake_model, {"data": {"path": str(folder / "*.parquet"), "n_samples": 1}}, name="chg")
+    victim = folder / "part-00007.parquet"
+    rows = pq.read_table(victim).to_pylist()
+    rows[0]["prompt"] = [{"role": "user", "content": "another question"}]
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(victim)), victim)
+    with pytest.raises(RunDirError, match=r"cannot merge: dataset .*part-00007.parquet changed since the plan"):
+        merge_run(layout.root)
+    with pytest.raises(RunDirError, match=r"cannot resume: dataset .*part-00007.parquet changed since the plan"):
+        check_unchanged(load_manifest(layout.root))

@@ -69,7 +69,8 @@ def _several(target: Path) -> str | None:
         return "sweep"
     from hpcgen.rundir.manifest import load_manifest
 
-    return "run" if len(load_manifest(target)["datasets"]) > 1 else None
+    datasets = load_manifest(target)["datasets"]  # a batch file alone: score_run says it is not graded
+    return "run" if len(datasets) > 1 or datasets[0]["kind"] == "openai_batch" else None
 
 
 def several_score(a: argparse.Namespace, target: Path, kind: str) -> tuple[dict[str, Any], str]:

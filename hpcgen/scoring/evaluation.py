@@ -75,7 +75,8 @@ def score_run(run_dir: Path, settings: Settings) -> dict[str, Any]:
         out["datasets"][entry["name"]] = report
         out["grader"] = report.get("grader")
     if not out["datasets"]:
-        raise ScoreError(f"run {run_dir} has no dataset to grade ({', '.join(out['not_graded'])} not graded)")
+        why = "; ".join(f"{name}: {reason}" for name, reason in out["not_graded"].items())
+        raise ScoreError(f"run {run_dir} has no dataset to grade (not graded: {why})")
     return out
 
 
