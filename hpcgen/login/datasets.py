@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcgen.errors import DatasetError
+from hpcgen.login.batch_input import BATCH_COLUMNS, BatchContext, check_batch, is_batch_file
 from hpcgen.login.merge_input import KindCheck
 from hpcgen.rundir.fingerprint import file_digest
 from hpcgen.rundir.sources import arrow_batches
@@ -29,7 +30,6 @@ from hpcgen.spec.loader import expand_path
 SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
             ".arrow": "arrow"}
 HF_STATE = "state.json"
-BATCH_COLUMNS = ["custom_id", "method", "url", "body"]
 
 
 @dataclass
@@ -153,7 +153,7 @@ def inspect_arrow(path: Path, key: str = "data.path") -> DatasetInfo:
     return DatasetInfo(str(path), "arrow", rows, path.stat().st_size, digest, list(schema.names), schema=schema)
 
 
-def _lines(path: Path, key: str) -> Any:
+def lines(path: Path, key: str) -> Any:
     """(line number, byte offset, object) of each non-blank line; UTF-8, JSON and object checks."""
     pos = 0
     with open(path, "rb") as fh:
@@ -178,7 +178,7 @@ def inspect_jsonl(path: Path, prompt_key: str, kinds: KindCheck | None = None, k
     offsets = array("q")
     columns: dict[str, None] = {}
     size = 0
-    for lineno, pos, obj, line in _lines(path, key):
+    for lineno, pos, obj, line in lines(path, key):
         h.update(line)
         if columns and prompt_key not in obj and prompt_key in columns:
             raise DatasetError(f"{key} {path} line {lineno}: no '{prompt_key}' key")
@@ -193,69 +193,11 @@ def inspect_jsonl(path: Path, prompt_key: str, kinds: KindCheck | None = None, k
     return DatasetInfo(str(path), "jsonl", len(offsets), size, h.hexdigest(), list(columns), offsets)
 
 
-def is_batch_file(path: Path) -> bool:
-    """An OpenAI batch input: its first non-blank line is an object with custom_id, url and body."""
-    try:
-        with open(path, "rb") as fh:
-            for line in fh:
-                if line.strip():
-                    obj = json.loads(line)
-                    return isinstance(obj, dict) and {"custom_id", "url", "body"} <= set(obj)
-    except (OSError, ValueError):
-        return False
-    return False
-
-
 def inspect_batch(path: Path, ctx: BatchContext) -> DatasetInfo:
-    """An OpenAI batch file: every line checked (custom_id present and unique across the dataset's files,
-    POST to /v1/chat/completions, messages, every body value honoured or refused)."""
-    from hpcgen.spec.batch import BatchLineError, parse_request, sampling_overrides
-
-    h = hashlib.sha256()
-    offsets = array("q")
-    ns = array("q")
-    size = 0
-    for lineno, pos, obj, line in _lines(path, f"{ctx.key}.path"):
-        h.update(line)
-        where = f"{ctx.key}.path {path} line {lineno}"
-        try:
-            cid, body = parse_request(obj)
-            over = sampling_overrides(body)
-        except BatchLineError as exc:
-            got = obj.get("custom_id") if isinstance(obj.get("custom_id"), str) else None
-            raise DatasetError(f"{where}{f' (custom_id {got!r})' if got and got not in str(exc) else ''}: {exc}"
-                               ) from None
-        if cid in ctx.ids:
-            raise DatasetError(f"{where}: custom_id {cid!r} appears twice (first at {ctx.ids[cid]}); each request "
-                               "needs its own")
-        ctx.ids[cid] = f"{Path(path).name} line {lineno}"
-        ctx.check(cid, over, where)
-        offsets.append(pos)
-        ns.append(int(over.get("n", ctx.default_n)))
-        size = pos + len(line)
-    return DatasetInfo(str(path), "openai_batch", len(offsets), max(size, path.stat().st_size), h.hexdigest(),
-                       list(BATCH_COLUMNS), offsets, n_per_row=ns)
-
-
-@dataclass
-class BatchContext:
-    """What every line of a batch dataset is checked against: the engine's room for answers, the run's seeds."""
-
-    key: str
-    response_length: int
-    seeds: list[int]
-    default_n: int
-    ids: dict[str, str] = field(default_factory=dict)
-
-    def check(self, cid: str, over: dict[str, Any], where: str) -> None:
-        mt = over.get("max_tokens")
-        if mt is not None and mt > self.response_length:
-            raise DatasetError(f"{where}: custom_id {cid!r} asks for max_tokens={mt}, over rollout.response_length="
-                               f"{self.response_length} (the room the engine is built with); raise "
-                               "rollout.response_length")
-        if "seed" in over and len(self.seeds) > 1:
-            raise DatasetError(f"{where}: custom_id {cid!r} sets body.seed, but the run has several seeds "
-                               f"{self.seeds}: every seed would repeat its samples; use one seed")
+    """An OpenAI batch file, every line checked (:mod:`hpcgen.login.batch_input`)."""
+    f = check_batch(path, lines(path, f"{ctx.key}.path"), ctx)
+    return DatasetInfo(str(path), "openai_batch", len(f.offsets), f.size, f.digest, list(BATCH_COLUMNS), f.offsets,
+                       n_per_row=f.n_per_row)
 
 
 def _schema_difference(a: Any, b: Any) -> str:
