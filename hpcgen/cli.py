@@ -147,12 +147,16 @@ def cmd_status(a: argparse.Namespace) -> int:
 
     shown = [s for s in state.shards if a.all or s.state != "done"][: None if a.all else 50]
     table = Table()
-    for col in ("shard", "state", "rows", "job", "attempts", "last error"):
+    from hpcgen.rundir.blocks import shard_block
+
+    blocks = len(manifest["blocks"]) > 1  # a run of several datasets or seeds: which one each shard is
+    for col in ("shard", *(["dataset/seed"] if blocks else []), "state", "rows", "job", "attempts", "last error"):
         table.add_column(col)
     for s in shown:
         note = (s.last_error or "") if s.state in ("failed", "cancelled") else ""
-        table.add_row(str(s.id), s.state, f"{s.rows_done}/{s.rows_total}", s.job_id or "-", str(s.attempts),
-                      escape(note))
+        b = shard_block(manifest, s.id) if blocks else None
+        table.add_row(str(s.id), *([f"{b.name}/{b.seed}"] if b else []), s.state, f"{s.rows_done}/{s.rows_total}",
+                      s.job_id or "-", str(s.attempts), escape(note))
     con = _console()
     con.print(escape(f"run {state.run_dir}" + (f" ({state.executor})" if state.executor else "")))
     if state.chain:

@@ -196,6 +196,8 @@ def test_score_of_a_run_of_several_datasets_is_one_table(tmp_path, data, fake_mo
     assert sorted(saved["datasets"]) == ["gsm", "hf", "math"]
     st = json.loads(hpcgen("status", str(layout.root), "--json").stdout)
     assert st["datasets"]["gsm"] == {"rows_done": 80, "rows_total": 80}  # 40 rows x 2 seeds
+    shown = hpcgen("status", str(layout.root), "--all").stdout
+    assert "dataset/seed" in shown and "gsm/1" in shown and "hf/0" in shown
     assert hpcgen("report", str(layout.root)).returncode == 0
 
 
