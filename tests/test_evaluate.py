@@ -306,6 +306,20 @@ def test_spec_errors_name_the_key():
     assert spec.run_seeds == [3, 1]
 
 
+def test_the_frozen_job_reads_back_in_the_task(data, fake_model):
+    """The manifest's job (every new key set) validates again as the task reads it."""
+    from hpcgen.rundir.manifest import spec_from_manifest
+
+    spec = load_job(None, ["sharding.num_tasks=2", "seeds=[0,5]", "data.format=auto"],
+                    data={**eval_job(data), "model": {"path": str(fake_model)}})
+    manifest = make_plan(spec, job_file=None, overrides=[]).manifest
+    again = spec_from_manifest(json.loads(json.dumps(manifest)))
+    assert again.generation_settings() == manifest["generation"] and again.sharding.num_tasks == 2
+    with pytest.raises(ConfigError, match="set sharding.num_tasks or sharding.shards_per_task, not both"):
+        load_job(None, ["sharding.num_tasks=2", "sharding.shards_per_task=3"], data={**eval_job(data),
+                                                                                   "model": {"path": "m"}})
+
+
 def test_plan_error_for_a_file_of_a_dataset_names_the_file(tmp_path, data, fake_model):
     (tmp_path / "bad.parquet").write_text("not parquet")
     spec = load_job(None, [], data={"model": {"path": str(fake_model)},

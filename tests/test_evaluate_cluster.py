@@ -138,7 +138,7 @@ def merged_rows(run: Path, *args: str) -> list[dict]:
 def test_one_submission_of_three_datasets_and_two_seeds(evaluation):
     run = evaluation["run"]
     st = status_json(run)
-    assert st["complete"], st["shards"]
+    assert st["complete"], [(s["id"], s["state"], s.get("last_error")) for s in st["shards"]]
     res = hpcgen("merge", str(run))
     assert res.returncode == 0, res.stderr
     outputs = res.stdout.split()

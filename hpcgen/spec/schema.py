@@ -102,7 +102,7 @@ class ShardingConfig(_Section):
     def _one_of(self) -> ShardingConfig:
         if self.num_shards is not None and self.rows_per_shard is not None:
             raise ValueError("set sharding.num_shards or sharding.rows_per_shard, not both")
-        if self.num_tasks is not None and "shards_per_task" in self.model_fields_set:
+        if self.num_tasks is not None and self.shards_per_task != 1:
             raise ValueError("set sharding.num_tasks or sharding.shards_per_task, not both")
         return self
 
