@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from hpcgen.errors import IncompleteRunError, RunDirError
 from hpcgen.rundir import atomic
 from hpcgen.rundir.layout import RunLayout, check_writable
+from hpcgen.rundir.lock import Lock
 from hpcgen.rundir.manifest import load_manifest
 from hpcgen.rundir.parts import verify_done
 
@@ -125,7 +126,7 @@ def merge_run(run_dir: Path, *, output: Path | None = None, allow_partial: bool 
     metadata = job["merge"]["metadata"] if metadata is None else metadata
     n_samples = job["data"]["n_samples"]
     shards = manifest["shards"]
-    with atomic.exclusive_lock(layout.lock, "merge"):
+    with Lock(layout.lock, "merge"):
         done = layout.list_done()
         missing = [i for i in range(len(shards)) if i not in done]
         if missing and not allow_partial:

@@ -18,6 +18,7 @@ from hpcgen.login.plan import Plan, create_run_dir, inspect_dataset, make_plan, 
 from hpcgen.login.state import RunState, collect, latest_jobs
 from hpcgen.rundir import atomic
 from hpcgen.rundir.layout import RunLayout
+from hpcgen.rundir.lock import Lock
 from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
 from hpcgen.rundir.parts import verify_done
 from hpcgen.spec.loader import load_job
@@ -95,7 +96,7 @@ def invalidate_bad_done(layout: RunLayout, manifest: dict[str, Any]) -> list[int
 def resume(run_dir: Path, *, executor: str | None = None) -> tuple[Submission | None, RunState, list[int]]:
     layout = RunLayout(run_dir)
     manifest = load_manifest(run_dir)
-    with atomic.exclusive_lock(layout.lock, "resume"):
+    with Lock(layout.lock, "resume"):
         check_unchanged(manifest)
         bad = invalidate_bad_done(layout, manifest)
         state = collect(run_dir, manifest)

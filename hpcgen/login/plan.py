@@ -209,6 +209,7 @@ def create_run_dir(run_dir: Path, manifest: dict[str, Any]) -> RunLayout:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
     try:
+        tmp.chmod(0o777 & ~atomic.current_umask())  # mkdtemp makes 0700: a shared project folder could not read it
         layout = RunLayout(tmp)
         layout.make_dirs()
         atomic.write_json(layout.manifest, manifest)
