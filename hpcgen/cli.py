@@ -101,7 +101,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     for col in ("shard", "state", "rows", "job", "attempts", "last error / log"):
         table.add_column(col)
     for s in shown:
-        note = f"{s.last_error or ''} ({s.log})" if s.state in ("failed", "cancelled") else ""
+        note = f"{s.last_error or ''} ({s.log})" if s.state in ("failed", "cancelled") else (s.reason or "")
         table.add_row(str(s.id), s.state, f"{s.rows_done}/{s.rows_total}", s.job_id or "-", str(s.attempts),
                       escape(note))
     con = _console()
