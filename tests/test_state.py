@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,6 +12,7 @@ import pytest
 from helpers import FakeEngine, hpcgen, make_run
 
 from hpcgen.login.state import collect, sacct_states
+from hpcgen.rundir.lock import process_start
 from hpcgen.rundir.manifest import load_manifest
 from hpcgen.task.worker import run_shards
 
@@ -19,15 +21,21 @@ def test_states_from_files_and_failed_shard_rendering(tmp_path, fake_model):
     pq.write_table(pa.table({"prompt": ["a", "b", "c", "d"]}), tmp_path / "in.parquet")
     run = make_run(tmp_path, tmp_path / "in.parquet", fake_model, "sharding.num_shards=2")
     run_shards(run.root, [1], engine_factory=FakeEngine)
-    # shard 0 was given to a local job that no longer exists and recorded an error with rich markup in it
+    # shard 0 was given to a local job that has exited (a real process, recorded with its start time; its pid
+    # may be reused, its start time not) and recorded an error with rich markup in it
+    gone = subprocess.Popen(["true"])
+    start = process_start(gone.pid) or "gone"
+    gone.wait()
+    pid = str(gone.pid)
     (run.submissions_dir / "0001.json").write_text(json.dumps(
-        {"seq": 1, "kind": "submit", "executor": "local", "time": 0, "jobs": {"0": "999999", "1": "999999"}}))
-    (run.attempts_dir / "s000000.999999.r0.json").write_text(json.dumps(
-        {"shard": 0, "job_id": "999999.r0", "error": "RuntimeError: [bold]boom[/bold]"}))
+        {"seq": 1, "kind": "submit", "executor": "local", "time": 0, "jobs": {"0": pid, "1": pid},
+         "local_starts": {pid: start}}))
+    (run.attempts_dir / f"s000000.{pid}.r0.json").write_text(json.dumps(
+        {"shard": 0, "job_id": f"{pid}.r0", "error": "RuntimeError: [bold]boom[/bold]"}))
     st = collect(run.root, load_manifest(run.root))
     assert [s.state for s in st.shards] == ["failed", "done"]
     assert st.shards[0].last_error == "RuntimeError: [bold]boom[/bold]"
-    assert st.shards[0].log.endswith("logs/999999/999999_0_log.err")
+    assert st.shards[0].log.endswith(f"logs/{pid}/{pid}_0_log.err")
     assert st.rows_done == 2 and st.rows_total == 4 and st.sacct_calls == 0
     res = hpcgen("status", str(run.root))
     assert res.returncode == 0, res.stderr
