@@ -4,7 +4,6 @@ no printing (the CLI does that), no torch, no vllm.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,13 +13,14 @@ from typing import Any
 from hpcgen.errors import RunDirError, SchedulerError, ShardFailedError, UserError
 from hpcgen.login.launch import Submission, annotate_submission, cancel_jobs, dry_run_text, submit_groups
 from hpcgen.login.merge import compact_ranges
-from hpcgen.login.plan import Plan, create_run_dir, inspect_dataset, make_plan, model_fingerprint, task_groups
+from hpcgen.login.plan import Plan, create_run_dir, inspect_dataset, make_plan, task_groups
 from hpcgen.login.state import RunState, collect, latest_jobs
 from hpcgen.rundir import atomic
+from hpcgen.rundir.fingerprint import changed_inputs
 from hpcgen.rundir.layout import RunLayout
 from hpcgen.rundir.lock import Lock
 from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
-from hpcgen.rundir.parts import verify_done
+from hpcgen.rundir.parts import invalidate_bad_done
 from hpcgen.spec.loader import load_job
 
 
@@ -78,26 +78,9 @@ def check_unchanged(manifest: dict[str, Any]) -> None:
     if now.fingerprint != ds["fingerprint"] or now.rows != ds["rows"]:
         raise RunDirError(f"cannot resume: dataset {ds['path']} changed since the plan "
                           f"(rows {ds['rows']} -> {now.rows}, fingerprint differs)")
-    model = manifest["job"]["model"]["path"]
-    if os.path.exists(model) and model_fingerprint(model) != manifest["model_fingerprint"]:
-        raise RunDirError(f"cannot resume: model {model} changed since the plan (config or weight files differ)")
-
-
-def invalidate_bad_done(layout: RunLayout, manifest: dict[str, Any]) -> list[int]:
-    """Done shards whose parts no longer verify lose their marker (kept aside) so they are regenerated."""
-    from hpcgen.rundir.parts import valid_parts
-
-    bad = []
-    n = manifest["job"]["data"]["n_samples"]
-    for shard in sorted(layout.list_done()):
-        table, problem = verify_done(layout, shard, tuple(manifest["shards"][shard]), n)
-        if table is None:
-            marker = layout.done(shard)
-            os.replace(marker, marker.with_name(marker.name + f".invalid.{int(time.time())}"))
-            # parts that no longer read back are moved aside now; the worker re-validates the rest
-            valid_parts(layout, shard, layout.list_parts().get(shard, []), tuple(manifest["shards"][shard]))
-            bad.append(shard)
-    return bad
+    problem = changed_inputs(manifest)
+    if problem:
+        raise RunDirError(f"cannot resume: {problem}; its answers would mix with the earlier ones: start a new run")
 
 
 def resume(run_dir: Path, *, executor: str | None = None) -> tuple[Submission | None, RunState, list[int]]:

@@ -138,6 +138,8 @@ class SlurmConfig(_Section):
 
 class MergeConfig(_Section):
     metadata: bool = True
+    response_key: str = Field("responses", pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")  # rename on a clash
+    metadata_prefix: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$")
 
 
 class ScoreConfig(_Section):
