@@ -16,9 +16,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from hpcgen.errors import SchedulerError
+from hpcgen.errors import SchedulerError, UserError
 from hpcgen.rundir import atomic
 from hpcgen.rundir.layout import RunLayout
 from hpcgen.spec.schema import JobSpec, time_minutes
@@ -60,8 +61,23 @@ def _task_env_lines(spec: JobSpec) -> list[str]:
     return [f"export {k}={shlex.quote(v)}" for k, v in sorted(spec.env.items())]
 
 
+_UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f%]")
+
+
+def check_script_path(path: Path, key: str) -> None:
+    """A path that goes into the sbatch script: no newline or other control character (it would start a
+    shell line of its own), no '%' (SLURM reads it as a file-name pattern). Spaces and quotes are fine:
+    submitit quotes every path (shlex), and sbatch reads the quoted ``#SBATCH`` lines (golden test)."""
+    bad = _UNSAFE_PATH.search(str(path))
+    if bad:
+        what = "'%' (SLURM would read it as a file-name pattern)" if bad[0] == "%" else "a newline or control character"
+        raise UserError(f"{key} {str(path)!r} contains {what}; pick a path without it")
+
+
 def make_executor(kind: str, layout: RunLayout, spec: JobSpec) -> Any:
     import submitit
+
+    check_script_path(layout.root, "run directory")
 
     if kind == "local":
         local = submitit.LocalExecutor(folder=str(layout.logs_dir / "%j"))

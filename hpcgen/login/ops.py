@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from hpcgen.errors import RunDirError, SchedulerError, ShardFailedError, UserError
-from hpcgen.login.launch import Submission, annotate_submission, cancel_jobs, dry_run_text, submit_groups
+from hpcgen.login.launch import (
+    Submission,
+    annotate_submission,
+    cancel_jobs,
+    check_script_path,
+    dry_run_text,
+    submit_groups,
+)
 from hpcgen.login.merge import compact_ranges
 from hpcgen.login.plan import Plan, create_run_dir, inspect_dataset, make_plan, task_groups
 from hpcgen.login.state import RunState, collect, latest_jobs
@@ -41,9 +48,10 @@ def submit(job_file: Path, overrides: list[str], *, run_dir: Path | None = None,
     spec = load_job(job_file, overrides)
     plan = make_plan(spec, job_file=str(job_file.resolve()), overrides=overrides)
     layout = RunLayout(run_dir or default_run_dir(job_file))
+    check_script_path(layout.root, "--run-dir")  # it is written into the sbatch script
     if dry_run:
         return SubmitResult(plan, layout, None, dry_run_text(layout, plan.spec, len(plan.tasks)))
-    layout = create_run_dir(layout.root, plan.manifest)
+    layout = create_run_dir(layout.root, plan.manifest, unique=run_dir is None)
     sub = submit_groups(layout, plan.spec, plan.tasks, executor=executor, kind="submit",
                         extra={"rows_done_at_submit": 0})
     attach_chain(layout, plan.spec, sub)
