@@ -116,3 +116,42 @@ def test_finished_task_ignores_a_late_time_limit_warning(tmp_path, small_dataset
     finally:
         signal.signal(signal.SIGUSR2, before)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+PEAK = """
+import json, sys
+import pyarrow as pa, pyarrow.parquet as pq
+from hpcgen.task.prompts import read_prompts
+path, shards = sys.argv[1], 10
+rows = pq.read_metadata(path).num_rows
+manifest = {"shards": [(i * rows // shards, (i + 1) * rows // shards) for i in range(shards)],
+            "dataset": {"format": "parquet", "path": path}, "job": {"data": {"prompt_key": "prompt"}}}
+pa.Table.from_pylist([{"a": 1}])
+base = pa.default_memory_pool().max_memory()
+ids = [r for r, _ in read_prompts(manifest, shards - 1)]
+print(json.dumps({"ids": [ids[0], ids[-1], len(ids)], "peak": pa.default_memory_pool().max_memory() - base}))
+"""
+
+
+def test_a_task_reading_a_big_row_group_holds_one_batch(tmp_path):
+    """One row group for all shards (the input as many tools write it): the last shard's task reads its rows
+    in batches; its arrow memory stays far below the row group's prompt column (which the former reader
+    loaded whole, for every task)."""
+    import json
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    from helpers import REPO
+
+    rows = 50_000
+    prompts = [("lorem ipsum dolor sit amet " * 60) + str(i) for i in range(rows)]
+    column_bytes = sum(map(len, prompts))
+    pq.write_table(pa.table({"prompt": prompts}), tmp_path / "one.parquet", row_group_size=rows)
+    assert pq.read_metadata(tmp_path / "one.parquet").num_row_groups == 1
+    res = subprocess.run([sys.executable, "-c", PEAK, str(tmp_path / "one.parquet")], cwd=REPO, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["ids"] == [45_000, 49_999, 5_000]
+    assert out["peak"] < column_bytes / 5, (out["peak"], column_bytes)
