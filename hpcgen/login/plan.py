@@ -211,7 +211,7 @@ def create_run_dir(run_dir: Path, manifest: dict[str, Any], *, unique: bool = Fa
             raise RunDirError(f"run directory {run_dir} already holds a run; pick another --run-dir or resume it")
         if not run_dir.is_dir() or any(run_dir.iterdir()):
             raise RunDirError(f"run directory {run_dir} exists and is not empty")
-    check_writable(run_dir, "--run-dir")
+    check_writable(run_dir.with_name(f".{run_dir.name}.new") if unique else run_dir, "--run-dir")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
     try:
