@@ -14,7 +14,6 @@ import pytest
 from helpers import make_run
 
 from hpcgen.login import launch, ops
-from hpcgen.login.launch import plan_arrays
 from hpcgen.login.state import collect
 from hpcgen.rundir.lock import process_start
 from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
@@ -107,6 +106,8 @@ def test_resume_counts_the_tasks_still_running(run, tmp_path, monkeypatch):
 def test_plan_arrays_never_exceeds_the_cap():
     """Whatever the sizes: arrays queued together share the cap with the earlier tasks still running; an array
     that waits for the previous one (and for the earlier tasks) runs alone within the cap."""
+    from hpcgen.login.launch import plan_arrays
+
     for n in (1, 5, 10, 33):
         for size in (1, 3, 4, 1001):
             for cap in (1, 2, 3, 7, 64):
