@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # hpcgen_dev (tiny model, datasets, cluster) lives in the checkout, not the wheel
+    sys.path.append(str(REPO))
 BENCH_DIR = Path(os.environ.get("HPCGEN_BENCH_DIR", "/tmp/hpcgen-bench"))
 PY = sys.executable
 MARK = "BENCH_RESULT "

@@ -28,7 +28,8 @@ from hpcgen.rundir.layout import RunLayout
 from hpcgen.rundir.lock import Lock
 from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
 from hpcgen.rundir.parts import invalidate_bad_done
-from hpcgen.spec.loader import load_job
+from hpcgen.spec.loader import describe_sources, load_job_traced
+from hpcgen.spec.site import load_site, site_path
 
 
 @dataclass
@@ -45,12 +46,17 @@ def default_run_dir(job_file: Path) -> Path:
 
 def submit(job_file: Path, overrides: list[str], *, run_dir: Path | None = None, executor: str = "slurm",
            dry_run: bool = False) -> SubmitResult:
-    spec = load_job(job_file, overrides)
+    site_file, how = site_path()
+    spec, sources = load_job_traced(job_file, overrides, site=load_site(site_file) if site_file else None)
     plan = make_plan(spec, job_file=str(job_file.resolve()), overrides=overrides)
     layout = RunLayout(run_dir or default_run_dir(job_file))
     check_script_path(layout.root, "--run-dir")  # it is written into the sbatch script
     if dry_run:
-        return SubmitResult(plan, layout, None, dry_run_text(layout, plan.spec, len(plan.tasks)))
+        settings = [f"# site file: {site_file} ({how})" if site_file else f"# site file: {how}",
+                    "# settings (presets < site file < job file < command line; built-in defaults not listed):",
+                    *describe_sources(sources)]
+        return SubmitResult(plan, layout, None,
+                            "\n".join(settings) + "\n" + dry_run_text(layout, plan.spec, len(plan.tasks)))
     layout = create_run_dir(layout.root, plan.manifest, unique=run_dir is None)
     sub = submit_groups(layout, plan.spec, plan.tasks, executor=executor, kind="submit",
                         extra={"rows_done_at_submit": 0})

@@ -170,7 +170,7 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
     layout = RunLayout(run_dir)
     manifest = load_manifest(run_dir)
     spec = spec_from_manifest(manifest)
-    for key, value in spec.env.items():
+    for key, value in spec.task_env().items():
         os.environ.setdefault(key, value)
     pa.Table.from_pylist([], schema=PART_SCHEMA)  # pays pyarrow's lazy imports now, not mid-generation
     jid = job_id()
