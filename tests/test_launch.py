@@ -29,7 +29,7 @@ n=$(( $(ls {scripts} | wc -l) + 100 ))
 cp "$1" {scripts}/$n.sh
 echo "Submitted batch job $n"
 """)
-    for name in ("scancel", "sacct", "squeue"):
+    for name in ("scancel", "sacct", "squeue", "srun", "scontrol"):
         (bin_dir / name).write_text("#!/bin/sh\nexit 0\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
@@ -95,7 +95,7 @@ def test_resume_counts_the_tasks_still_running(run, tmp_path, monkeypatch):
     ops.resume(run.root)
     assert arrays_of(scripts)[0] == (7, 1, None)
     chain = (scripts / "101.sh").read_text()
-    assert "#SBATCH --dependency=afterok:100,afterany:7_0:7_1:7_2" in chain
+    assert "#SBATCH --dependency=afterok:100,afterany:7" in chain
     manifest["job"]["slurm"]["array_parallelism"] = 3
     run.manifest.write_text(json.dumps(manifest))
     (run.submissions_dir / "0002.json").unlink()

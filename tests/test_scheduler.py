@@ -123,11 +123,12 @@ def test_chain_waits_for_the_old_array_after_resume(cluster, tiny_model, tmp_pat
     assert res.returncode == 0 and "resubmitted 1 shard(s)" in res.stderr, res.stderr
     sub = json.loads((run_dir / "submissions" / "0002.json").read_text())
     new_array, chain = sub["arrays"][0], sub["chain_job"]
-    assert f"afterany:{old['1']}(unfulfilled)" in scontrol(chain)
+    old_array = old["1"].split("_")[0]
+    assert f"afterany:{old_array}_*(unfulfilled)" in scontrol(chain)
     wait_for(lambda: status_json(run_dir)["shards"][0]["state"] == "done", 600, "shard 0 done again")
     wait_for(lambda: f"afterok:{new_array}" not in scontrol(chain), 120, "the new array's dependency fulfilled")
     info = scontrol(chain)
-    assert "JobState=PENDING" in info and f"Dependency=afterany:{old['1']}(unfulfilled)" in info, info
+    assert "JobState=PENDING" in info and f"Dependency=afterany:{old_array}_*(unfulfilled)" in info, info
     subprocess.run(["scontrol", "resume", old["1"]], check=True, capture_output=True)
     st = wait_for(lambda: (s := status_json(run_dir))["chain"]["state"] in ("done", "failed", "cancelled") and s,
                   600, "the merge+score step to end", poll=2)

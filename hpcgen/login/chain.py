@@ -1,8 +1,9 @@
 """Merge + score as a dependent SLURM job after the array succeeds (``score.after_merge: true``).
 
 The step is a small CPU-only job with ``--dependency=afterok:<arrays>``; ``status`` shows it and ``resume``
-re-attaches it to the new arrays and, with ``afterany``, to every earlier job that may still write to the run
-(tasks of older arrays still pending or running), so it never starts while one of them runs. Its result is the files it writes (merged output, scores.json).
+re-attaches it to the new arrays and, with ``afterany``, to the older arrays that still have tasks pending or
+running (a whole array: compact, and its ended tasks count as ended), so it never starts while one of them can
+still write to the run. Its result is the files it writes (merged output, scores.json).
 """
 
 from __future__ import annotations

@@ -117,11 +117,11 @@ def resume(run_dir: Path, *, executor: str | None = None) -> tuple[Submission | 
         order = sorted(todo)
         groups = [[order[i] for i in g] for g in task_groups(len(order), spec.sharding.shards_per_task)]
         busy = open_jobs(state)  # older tasks still queued or running: they share the cap and may still write
+        busy_arrays = sorted({j.split("_")[0] for j in busy})
         sub = submit_groups(layout, spec, groups, executor=executor or last_exec or "slurm", kind="resume",
-                            extra={"rows_done_at_submit": state.rows_done}, busy=len(busy),
-                            busy_arrays=sorted({j.split("_")[0] for j in busy}))
+                            extra={"rows_done_at_submit": state.rows_done}, busy=len(busy), busy_arrays=busy_arrays)
         attach_chain(layout, spec, sub, previous=state.chain.get("job_id") if state.chain else None,
-                     still_running=busy)
+                     still_running=busy_arrays)  # ended tasks already count as satisfied
         return sub, state, bad
 
 
