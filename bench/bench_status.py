@@ -6,6 +6,8 @@ Figures: seconds for ``hpcgen.login.state.collect`` and for ``hpcgen status RUN 
 sacct calls per status (goal <= 1, counted by a PATH shim).
 
 Part files are hard links to one tiny real part (PART_SCHEMA): status lists names, it never reads parts.
+Each started shard has its task's progress record (rundir.progress, as the worker writes it): status reads
+those 7,500 small files for elapsed time, rates, GPU-hours and tokens.
 
     python bench/bench_status.py [--shards 10000] [--repeat 3]
 """
@@ -71,6 +73,7 @@ def build_run(root: Path, shards: int) -> tuple[Path, list[str]]:
             "model": {"path": str(common.tiny_model())}, "sharding": {"num_shards": shards}}
     plan = make_plan(load_job(None, [], data=data), job_file=None, overrides=[])
     layout = create_run_dir(root / "run", plan.manifest)
+    layout.progress_dir.mkdir(exist_ok=True)
     arrays = held_arrays(shards, max_array_size(), root)
     chunk = max_array_size()
     jobs = {s: f"{arrays[s // chunk]}_{s % chunk}" for s in range(shards)}
@@ -92,6 +95,17 @@ def build_run(root: Path, shards: int) -> tuple[Path, list[str]]:
             os.link(proto, layout.parts_dir / p.name)
         layout.attempt(s, jid).write_text(json.dumps({"shard": s, "job_id": jid, "host": "n1", "pid": 1,
                                                       "started": time.time() - 600, "error": None}))
+        # the task's progress record, as the worker writes it at each flush (status reads these, not parts)
+        rows_done = sum(rows)
+        now = time.time()
+        counts = {"rows": rows_done, "samples": 4 * rows_done, "output_tokens": 400 * rows_done, "length": 3,
+                  "errors": 0}
+        layout.progress(jid).write_text(json.dumps({
+            "format": "hpcgen-progress/1", "job_id": jid, "host": "n1", "pid": 1, "gpus": 8,
+            "started": now - 600, "updated": now - 5, "ended": now - 5 if s < done_n else None, "error": None,
+            **counts, "shards": {str(s): {**counts, "first": now - 590, "last": now - 5}},
+            "recent": [[now - 5 - 60 * k, rows_done - k, 400 * (rows_done - k)] for k in range(8)][::-1]},
+            separators=(",", ":")))
         if s < done_n:
             layout.done(s).write_text(json.dumps({
                 "shard": s, "rows": end - start, "errors": 0, "job_id": jid, "finished": time.time(),

@@ -37,8 +37,11 @@ def merge_and_score(run_dir: str) -> dict[str, Any]:
                         custom_name=settings.get("custom_name") or "compute_score", progress=False,
                         response_key=response_key, gen_error_key=gen_error_key)
     write_report(report, layout.scores)
-    log.info("merged %d rows into %s; scores in %s", res.rows, res.output, layout.scores)
-    return {"output": res.output, "scores": str(layout.scores), "overall": report["overall"]}
+    from hpcgen.login.report import write_report as write_html
+
+    html = write_html(layout.root)
+    log.info("merged %d rows into %s; scores in %s; report %s", res.rows, res.output, layout.scores, html)
+    return {"output": res.output, "scores": str(layout.scores), "report": str(html), "overall": report["overall"]}
 
 
 def chain_dependency(arrays: list[str], still_running: list[str] | None = None) -> str:

@@ -74,13 +74,15 @@ def check_script_path(path: Path, key: str) -> None:
         raise UserError(f"{key} {str(path)!r} contains {what}; pick a path without it")
 
 
-def make_executor(kind: str, layout: RunLayout, spec: JobSpec) -> Any:
+def make_executor(kind: str, layout: RunLayout, spec: JobSpec, *, dry_run: bool = False) -> Any:
     import submitit
 
     check_script_path(layout.root, "run directory")
 
     if kind == "local":
-        local = submitit.LocalExecutor(folder=str(layout.logs_dir / "%j"))
+        from hpcgen.login.local_controller import LocalExecutor
+
+        local = LocalExecutor(folder=str(layout.logs_dir / "%j"))  # log folders named by the real job id
         local.update_parameters(timeout_min=spec.slurm.local_timeout_min, gpus_per_node=0,
                                 signal_delay_s=spec.slurm.signal_delay_s)
         return local
@@ -90,11 +92,51 @@ def make_executor(kind: str, layout: RunLayout, spec: JobSpec) -> Any:
         from hpcgen.login import container
 
         python = container.apply(params, spec, layout.root)
-    ex = submitit.SlurmExecutor(folder=str(layout.logs_dir / "%j"), max_num_timeout=spec.slurm.max_requeues,
-                                python=python)
+    cls = _dry_run_executor_class() if dry_run else submitit.SlurmExecutor
+    ex = cls(folder=str(layout.logs_dir / "%j"), max_num_timeout=spec.slurm.max_requeues, python=python)
     params["setup"] = params["setup"] + _task_env_lines(spec)
     ex.update_parameters(**params)
     return ex
+
+
+def _dry_run_executor_class() -> Any:
+    import submitit
+
+    class DryRun(submitit.SlurmExecutor):
+        """Writes the same sbatch text without probing for srun: a dry run needs no SLURM commands."""
+
+        @classmethod
+        def affinity(cls) -> int:
+            return 2
+
+    return DryRun
+
+
+def require_slurm() -> None:
+    """Queueing on SLURM needs its commands on this machine; say so before anything is written."""
+    missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
+    if missing:
+        raise SchedulerError(f"{' and '.join(missing)} not found on this machine: SLURM's commands are needed to "
+                             "queue jobs (--dry-run shows the sbatch script without them; --executor local "
+                             "runs here without SLURM)")
+
+
+def pack_local(spec: JobSpec, groups: list[list[int]], busy: int = 0) -> list[list[int]]:
+    """Local: at most array_parallelism processes (less ``busy`` still running), each running its groups back
+    to back."""
+    width = max(1, min(spec.slurm.array_parallelism - busy, len(groups)))
+    return [[s for g in groups[i::width] for s in g] for i in range(width)]
+
+
+def local_plan_text(spec: JobSpec, groups: list[list[int]]) -> str:
+    """What ``--executor local`` would start: processes and the shards each runs, in order."""
+    packed = pack_local(spec, groups)
+    lines = [f"# local executor: {len(packed)} process(es) on this machine (no SLURM), "
+             f"timeout {spec.slurm.local_timeout_min} min each"]
+    for i, shards in enumerate(packed):
+        shown = ",".join(map(str, shards[:20])) + (f",... ({len(shards)} shards)" if len(shards) > 20 else "")
+        lines.append(f"process {i}: shards {shown}")
+    return "\n".join(lines)
 
 
 def max_array_size() -> int:
@@ -141,7 +183,7 @@ def dry_run_text(layout: RunLayout, spec: JobSpec, n_tasks: int) -> str:
 
     from hpcgen.login import container
 
-    ex = make_executor("slurm", layout, spec)
+    ex = make_executor("slurm", layout, spec, dry_run=True)
     first = plan_arrays(n_tasks, spec.slurm.array_parallelism, max_array_size())[0]
     params = dict(ex.parameters)
     params["array_parallelism"] = first.cap
@@ -179,6 +221,8 @@ def submit_groups(layout: RunLayout, spec: JobSpec, groups: list[list[int]], *, 
     count against ``slurm.array_parallelism``."""
     from hpcgen.task.worker import ShardTask
 
+    if executor == "slurm":
+        require_slurm()
     ex = make_executor(executor, layout, spec)
     jobs: dict[int, str] = {}
     arrays: list[str] = []
@@ -188,11 +232,8 @@ def submit_groups(layout: RunLayout, spec: JobSpec, groups: list[list[int]], *, 
     if executor == "local":
         from hpcgen.rundir.lock import process_start
 
-        # Local: at most array_parallelism processes (less those still running), each running groups back to back.
-        width = max(1, min(spec.slurm.array_parallelism - busy, len(groups)))
-        packed = [[s for g in groups[i::width] for s in g] for i in range(width)]
         starts: dict[str, str] = {}
-        for shard_ids in packed:
+        for shard_ids in pack_local(spec, groups, busy):
             job = ex.submit(ShardTask(), run_dir, shard_ids)
             calls += 1
             arrays.append(str(job.job_id))

@@ -17,6 +17,8 @@ from hpcgen.login.launch import (
     cancel_jobs,
     check_script_path,
     dry_run_text,
+    local_plan_text,
+    require_slurm,
     submit_groups,
 )
 from hpcgen.login.merge import compact_ranges
@@ -55,8 +57,11 @@ def submit(job_file: Path, overrides: list[str], *, run_dir: Path | None = None,
         settings = [f"# site file: {site_file} ({how})" if site_file else f"# site file: {how}",
                     "# settings (presets < site file < job file < command line; built-in defaults not listed):",
                     *describe_sources(sources)]
-        return SubmitResult(plan, layout, None,
-                            "\n".join(settings) + "\n" + dry_run_text(layout, plan.spec, len(plan.tasks)))
+        text = (local_plan_text(plan.spec, plan.tasks) if executor == "local"
+                else dry_run_text(layout, plan.spec, len(plan.tasks)))
+        return SubmitResult(plan, layout, None, "\n".join(settings) + "\n" + text)
+    if executor == "slurm":
+        require_slurm()
     layout = create_run_dir(layout.root, plan.manifest, unique=run_dir is None)
     sub = submit_groups(layout, plan.spec, plan.tasks, executor=executor, kind="submit",
                         extra={"rows_done_at_submit": 0})

@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcgen.login import runstats
+from hpcgen.login.runstats import RunStats
 from hpcgen.rundir import atomic
 from hpcgen.rundir.layout import RunLayout, safe_job_id
 from hpcgen.rundir.lock import process_alive
+
+STATUS_FORMAT = "hpcgen-status/1"  # version of ``status --json`` (fields in the README)
 
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED", "STAGE_OUT",
            "REQUEUE_FED", "REQUEUE_HOLD", "SIGNALING"}
@@ -37,6 +41,7 @@ class ShardState:
     log: str | None = None
     last_error: str | None = None
     reason: str | None = None  # why the state is "unknown" (no source knows the job)
+    logs_command: str | None = None  # for failed/cancelled shards: the command that prints the log
 
 
 @dataclass
@@ -53,6 +58,7 @@ class RunState:
     squeue_calls: int = 0
     scheduler_answered: bool = True  # False when neither sacct nor squeue answered (SLURM unreachable)
     chain: dict[str, Any] | None = None  # the merge+score step, when the job asked for one
+    stats: RunStats | None = None  # elapsed, rates, GPU-hours, tokens, ... (login.runstats)
 
     def shards_in(self, *states: str) -> list[int]:
         return [s.id for s in self.shards if s.state in states]
@@ -62,8 +68,11 @@ class RunState:
         return all(s.state == "done" for s in self.shards)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in vars(self).items() if k != "shards"}  # shallow: fast with 10,000 shards
-        d["shards"] = [dict(vars(s)) for s in self.shards]
+        d: dict[str, Any] = {"format": STATUS_FORMAT}
+        d.update((k, v) for k, v in vars(self).items() if k not in ("shards", "stats"))
+        if self.stats is not None:
+            d.update(runstats.to_dict(self.stats))
+        d["shards"] = [dict(vars(s)) for s in self.shards]  # shallow: fast with 10,000 shards
         d["complete"] = self.complete
         return d
 
@@ -205,6 +214,7 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
     chain_job = (last_sub or {}).get("chain_job")
     if chain_job and not layout.scores.exists():
         open_jobs.append(chain_job)
+    progress = runstats.ProgressReader(layout)  # reads the progress records while sacct and squeue run
     sched = Scheduler()
     calls = 0
     if query_scheduler and open_jobs and executor == "slurm":
@@ -233,6 +243,7 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
             lp = log_path(layout, jid)
             s.log = str(lp) if lp else None
             s.last_error = last_error_line(layout, i, attempts.get(i, []), lp)
+            s.logs_command = f"hpcgen logs {layout.root} {i} --err"
         out.append(s)
     rs = RunState(str(layout.root), sum(e - s for s, e in shards), sum(s.rows_done for s in out), out,
                   executor=executor, sacct_calls=calls, squeue_calls=calls,
@@ -245,7 +256,7 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
         rs.chain = {"job_id": chain_job, "state": st, "scores": str(layout.scores) if st == "done" else None}
         if why:
             rs.chain["reason"] = why
-    _rate(rs, last_sub)
+    _figures(rs, layout, progress.records())
     return rs
 
 
@@ -291,11 +302,25 @@ def _open_state(layout: RunLayout, jid: str | None, executor: str | None, sched:
     return "unknown", why
 
 
-def _rate(rs: RunState, last_sub: dict[str, Any] | None) -> None:
-    if not last_sub or rs.complete:
-        return
-    elapsed = time.time() - float(last_sub.get("time", time.time()))
-    gained = rs.rows_done - int(last_sub.get("rows_done_at_submit", 0))
-    if elapsed > 0 and gained > 0:
-        rs.rows_per_second = gained / elapsed
-        rs.eta_seconds = (rs.rows_total - rs.rows_done) / rs.rows_per_second
+def _figures(rs: RunState, layout: RunLayout, records: list[dict[str, Any]]) -> None:
+    """Elapsed time, rates, ETA, GPU-hours, tokens, length cuts, error rows (from progress records)."""
+    subs = layout.list_submissions()
+    first = None
+    if subs:
+        try:
+            first = float(atomic.read_json(subs[0]).get("time"))
+        except (OSError, ValueError, TypeError):
+            first = None
+    busy = bool(rs.shards_in("pending", "running"))
+    running = {s.job_id for s in rs.shards if s.state == "running" and s.job_id}
+    st = runstats.gather(layout, first, running, busy, records=records)
+    rs.stats = st
+    rs.rows_per_second = st.rows_per_second
+    rs.eta_seconds = runstats.eta_seconds(st, rs.rows_total - rs.rows_done, busy)
+    per_shard: dict[str, int] = {}
+    for t in st.tasks:
+        for shard, c in t.shards.items():
+            per_shard[shard] = per_shard.get(shard, 0) + int(c.get("errors") or 0)
+    if per_shard:
+        for s in rs.shards:
+            s.error_rows = per_shard.get(str(s.id), 0)

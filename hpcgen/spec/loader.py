@@ -9,6 +9,7 @@ import difflib
 import importlib.resources
 import json
 import os
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,22 @@ def validation_message(exc: ValidationError) -> str:
     return f"key '{loc}': {msg}{shown}" if loc else msg
 
 
+_COMMENT = re.compile(r"(^|\s)#")
+
+
+def check_override_value(key: str, value: str) -> None:
+    """Refuse a value that YAML would not read as written: a line break (the rest would be another line, or
+    a comment), a control character, or an unquoted '#' that starts a comment and silently cuts the value."""
+    if any(c in value for c in "\n\r") or any(ord(c) < 32 and c != "\t" for c in value):
+        raise ConfigError(f"override {key}: the value {value!r} contains a line break or control character; "
+                          "write it on one line")
+    v = value.strip()
+    quoted = len(v) >= 2 and v[0] == v[-1] and v[0] in "'\""
+    if not quoted and _COMMENT.search(value):
+        raise ConfigError(f"override {key}: the value {value!r} would be cut at '#' (a YAML comment); "
+                          f"quote it ({key}=\"'...'\") or leave the '#' out")
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """verl/Hydra style ``a.b=value`` (a leading '+' is accepted); values are parsed as YAML scalars."""
     from omegaconf import OmegaConf
@@ -154,6 +171,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r} must look like KEY=VALUE, e.g. data.n_samples=8")
+        check_override_value(*item.lstrip("+").split("=", 1))
         clean.append(item.lstrip("+"))
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist(clean), resolve=True)  # type: ignore[return-value]
