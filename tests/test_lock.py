@@ -151,8 +151,8 @@ while time.time() < go:
 lock = Lock(Path(sys.argv[1]), "merge")
 ok = lock.try_acquire() is None
 print("won" if ok else "lost", flush=True)
-if ok:
-    time.sleep(1.0)
+if ok:  # hold it until every contender has tried
+    sys.stdin.readline()
     lock.release()
 """
 
@@ -161,9 +161,11 @@ def test_racing_processes_exactly_one_wins(tmp_path):
     lock = tmp_path / ".lock.d"
     for _ in range(3):
         go = time.time() + 1.0
-        procs = [subprocess.Popen([sys.executable, "-c", RACE, str(lock), str(go)], cwd=REPO, stdout=subprocess.PIPE,
-                                  text=True) for _ in range(4)]
-        results = [p.communicate(timeout=60)[0].strip() for p in procs]
+        procs = [subprocess.Popen([sys.executable, "-c", RACE, str(lock), str(go)], cwd=REPO, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True) for _ in range(4)]
+        results = [p.stdout.readline().strip() for p in procs]  # the winner holds the lock meanwhile
+        for p in procs:
+            p.communicate("release\n", timeout=60)
         assert sorted(results) == ["lost", "lost", "lost", "won"], results
         assert not lock.exists()
 
