@@ -286,7 +286,8 @@ def _open_state(layout: RunLayout, jid: str | None, executor: str | None, sched:
     # no source knows the job (accounting off or failing, job purged): the attempt records tell what they can
     mine = [n for n in attempt_names if n.startswith(f"s{shard:06d}.{safe_job_id(jid)}.")]
     record: dict[str, Any] = {}
-    for name in sorted(mine):  # .r0, .r1, ...: the last restart is the latest
+    restart = re.compile(r"\.r(\d+)\.json$")
+    for name in sorted(mine, key=lambda n: int(m[1]) if (m := restart.search(n)) else -1):  # latest restart last
         try:
             record = atomic.read_json(layout.attempts_dir / name)
         except (OSError, ValueError):
