@@ -242,7 +242,14 @@ def test_watch_in_a_terminal_draws_bars_and_restores_it_on_ctrl_c(running_run):
         except OSError:
             break
     os.kill(pid, signal.SIGINT)
-    while True:
+    import select
+
+    deadline, reaped = time.monotonic() + 30, None
+    while time.monotonic() < deadline:
+        if not select.select([fd], [], [], 1.0)[0]:
+            if (reaped := os.waitpid(pid, os.WNOHANG))[0]:
+                break
+            continue
         try:
             chunk = os.read(fd, 65536)
         except OSError:
@@ -250,7 +257,9 @@ def test_watch_in_a_terminal_draws_bars_and_restores_it_on_ctrl_c(running_run):
         if not chunk:
             break
         out += chunk
-    _, status = os.waitpid(pid, 0)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    _, status = reaped if reaped and reaped[0] else os.waitpid(pid, 0)
     text = out.decode(errors="replace")
     assert os.waitstatus_to_exitcode(status) == 0, text[-2000:]
     assert "overall" in text and "━" in text  # rich progress bars

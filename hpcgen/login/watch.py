@@ -5,6 +5,8 @@ one sacct call). Stops when nothing is pending or running, or on Ctrl-C (cleanly
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -121,6 +123,8 @@ def watch(run_dir: Path, *, interval: float = 2.0, tty: bool, console: Any = Non
     """Refresh until the run is finished (or Ctrl-C, or ``max_refreshes``); returns the last state."""
     check_interval(interval)
     manifest = load_manifest(run_dir)
+    if threading.current_thread() is threading.main_thread():  # Ctrl-C stops it even when started from a
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # shell that ignores SIGINT (a background job)
     refreshes = 0
     state: RunState | None = None
     live = None
