@@ -113,29 +113,32 @@ def test_chain_waits_for_the_old_array_after_resume(cluster, tiny_model, tmp_pat
     res = hpcgen("submit", str(job), "--run-dir", str(run_dir), env={"HPCGEN_TEST_STEP_DELAY_S": "0.5"})
     assert res.returncode == 0, res.stderr
     old = json.loads((run_dir / "submissions" / "0001.json").read_text())["jobs"]
-    wait_for(lambda: {n.name[:7] for n in (run_dir / "parts").glob("*.parquet")} >= {"s000000", "s000001"}, 600,
-             "both shards generating", poll=0.5)
-    subprocess.run(["scontrol", "suspend", old["1"]], check=True, capture_output=True)
-    subprocess.run(["scancel", old["0"]], check=True, capture_output=True)
-    wait_for(lambda: status_json(run_dir)["shards"][0]["state"] == "cancelled", 120, "shard 0 cancelled")
-    assert squeue(old["1"]) == {old["1"]: "SUSPENDED"} and status_json(run_dir)["shards"][1]["state"] == "running"
-    res = hpcgen("resume", str(run_dir))
-    assert res.returncode == 0 and "resubmitted 1 shard(s)" in res.stderr, res.stderr
-    sub = json.loads((run_dir / "submissions" / "0002.json").read_text())
-    new_array, chain = sub["arrays"][0], sub["chain_job"]
-    old_array = old["1"].split("_")[0]
-    assert f"afterany:{old_array}_*(unfulfilled)" in scontrol(chain)
-    wait_for(lambda: status_json(run_dir)["shards"][0]["state"] == "done", 600, "shard 0 done again")
-    wait_for(lambda: f"afterok:{new_array}" not in scontrol(chain), 120, "the new array's dependency fulfilled")
-    info = scontrol(chain)
-    assert "JobState=PENDING" in info and f"Dependency=afterany:{old_array}_*(unfulfilled)" in info, info
-    subprocess.run(["scontrol", "resume", old["1"]], check=True, capture_output=True)
-    st = wait_for(lambda: (s := status_json(run_dir))["chain"]["state"] in ("done", "failed", "cancelled") and s,
-                  600, "the merge+score step to end", poll=2)
-    assert st["chain"]["state"] == "done" and st["complete"], st
-    assert json.loads((run_dir / "scores.json").read_text())["overall"]["rows"] == 24
-    assert pq.read_metadata(tmp_path / "out.parquet").num_rows == 24
-    assert list((run_dir / "logs").glob(f"{old['1']}/*_log.out"))  # sbatch wrote where the quoted path says
+    try:
+        wait_for(lambda: {n.name[:7] for n in (run_dir / "parts").glob("*.parquet")} >= {"s000000", "s000001"}, 600,
+                 "both shards generating", poll=0.5)
+        subprocess.run(["scontrol", "suspend", old["1"]], check=True, capture_output=True)
+        subprocess.run(["scancel", old["0"]], check=True, capture_output=True)
+        wait_for(lambda: status_json(run_dir)["shards"][0]["state"] == "cancelled", 120, "shard 0 cancelled")
+        assert squeue(old["1"]) == {old["1"]: "SUSPENDED"} and status_json(run_dir)["shards"][1]["state"] == "running"
+        res = hpcgen("resume", str(run_dir))
+        assert res.returncode == 0 and "resubmitted 1 shard(s)" in res.stderr, res.stderr
+        sub = json.loads((run_dir / "submissions" / "0002.json").read_text())
+        new_array, chain = sub["arrays"][0], sub["chain_job"]
+        old_array = old["1"].split("_")[0]
+        assert f"afterany:{old_array}_*(unfulfilled)" in scontrol(chain)
+        wait_for(lambda: status_json(run_dir)["shards"][0]["state"] == "done", 600, "shard 0 done again")
+        wait_for(lambda: f"afterok:{new_array}" not in scontrol(chain), 120, "the new array's dependency fulfilled")
+        info = scontrol(chain)
+        assert "JobState=PENDING" in info and f"Dependency=afterany:{old_array}_*(unfulfilled)" in info, info
+        subprocess.run(["scontrol", "resume", old["1"]], check=True, capture_output=True)
+        st = wait_for(lambda: (s := status_json(run_dir))["chain"]["state"] in ("done", "failed", "cancelled") and s,
+                      600, "the merge+score step to end", poll=2)
+        assert st["chain"]["state"] == "done" and st["complete"], st
+        assert json.loads((run_dir / "scores.json").read_text())["overall"]["rows"] == 24
+        assert pq.read_metadata(tmp_path / "out.parquet").num_rows == 24
+        assert list((run_dir / "logs").glob(f"{old['1']}/*_log.out"))  # sbatch wrote where the quoted path says
+    finally:  # a failure must not leave a suspended job holding a node
+        hpcgen("cancel", str(run_dir))
 
 
 def test_array_parallelism_holds_over_the_run_on_the_scheduler(cluster, fake_model, tmp_path, monkeypatch):
