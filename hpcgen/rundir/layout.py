@@ -10,7 +10,7 @@ RUN_DIR/
   submissions/0001.json          one per submit/resume: job ids per shard
   logs/                          submitit folder (sbatch scripts, stdout/stderr per task)
   multinode/<job>/node-<rank>.json   multi-node rendezvous and heartbeats
-  .lock                          merge/resume lock
+  .lock.d/owner.json             merge/resume lock (rundir.lock: mkdir + owner record, works on NFS/Lustre)
 ```
 Flat folders keep ``status`` to a few directory listings even with 10,000 shards.
 """
@@ -99,7 +99,7 @@ class RunLayout:
 
     @property
     def lock(self) -> Path:
-        return self.root / ".lock"
+        return self.root / ".lock.d"
 
     @property
     def scores(self) -> Path:

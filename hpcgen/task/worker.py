@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import submitit
 
 from hpcgen import __version__
@@ -34,46 +33,10 @@ from hpcgen.rundir.parts import PART_SCHEMA, PartWriter, done_marker_ok, usable_
 from hpcgen.rundir.progress import TaskProgress, task_gpus
 from hpcgen.spec.schema import JobSpec
 from hpcgen.task.identity import job_id, restart_count
+from hpcgen.task.prompts import read_prompts
 
 log = logging.getLogger("hpcgen.task.worker")
 
-
-
-# --- reading ---------------------------------------------------------------------------------------
-
-
-def read_prompts(manifest: dict[str, Any], shard: int) -> Iterator[tuple[int, Any]]:
-    """(row_id, prompt value) for the shard's rows only; a missing key yields None (a per-row error)."""
-    start, end = manifest["shards"][shard]
-    ds, key = manifest["dataset"], manifest["job"]["data"]["prompt_key"]
-    if ds["format"] == "jsonl":
-        with open(ds["path"], "rb") as fh:
-            fh.seek(manifest["jsonl_offsets"][shard])
-            row = start
-            for line in fh:
-                if row >= end:
-                    break
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line.decode("utf-8")).get(key)
-                except (UnicodeDecodeError, ValueError, AttributeError):
-                    value = None
-                yield row, value
-                row += 1
-        return
-    pf = pq.ParquetFile(ds["path"])
-    md, first = pf.metadata, 0
-    for rg in range(md.num_row_groups):
-        n = md.row_group(rg).num_rows
-        lo, hi = max(start, first), min(end, first + n)
-        if lo < hi:
-            col = pf.read_row_group(rg, columns=[key]).column(0).slice(lo - first, hi - lo)
-            for i, value in enumerate(col.to_pylist()):
-                yield lo + i, value
-        first += n
-        if first >= end:
-            break
 
 
 def error_row(row_id: int, message: str) -> dict[str, Any]:
