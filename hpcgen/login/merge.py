@@ -20,6 +20,7 @@ from hpcgen.login.merge_input import InputReader, check_names, output_format, ou
 from hpcgen.rundir import atomic
 from hpcgen.rundir.fingerprint import changed_inputs
 from hpcgen.rundir.layout import RunLayout, check_writable
+from hpcgen.rundir.lock import Lock
 from hpcgen.rundir.manifest import load_manifest
 from hpcgen.rundir.parts import dropped_rows, finalize_shard, verify_done
 
@@ -81,7 +82,7 @@ def merge_run(run_dir: Path, *, output: Path | None = None, allow_partial: bool 
     metadata = job["merge"]["metadata"] if metadata is None else metadata
     names = output_names(job["merge"], metadata)
     shards = manifest["shards"]
-    with atomic.exclusive_lock(layout.lock, "merge"):
+    with Lock(layout.lock, "merge"):
         done = layout.list_done()
         for shard in range(len(shards)):  # every chunk marked but the shard not yet (tasks finishing at once)
             if shard not in done and finalize_shard(layout, manifest, shard):

@@ -2,10 +2,12 @@
 
 JSON lines: the plan recorded each chunk's byte offset, so a task reads exactly the chunk's lines. Parquet:
 the smallest unit a reader can address is a row group's column chunk, so a task reads only the row groups that
-hold the chunk's rows and only the prompt column. The last row group read stays decoded in memory when it is
-small (under ``CACHE_BYTES`` uncompressed), so consecutive chunks of one row group cost one read; a larger row
-group is streamed in batches of ``BATCH_ROWS`` rows up to the chunk (memory stays one batch, but reading it
-again for each chunk is the price of a dataset written as few huge row groups).
+hold the chunk's rows and only the prompt column. A small row group (prompt column under ``CACHE_BYTES``
+uncompressed) stays decoded while the task reads its chunks; a larger one is streamed in batches of
+``BATCH_ROWS`` rows, and a task reading chunks front to back (an owner) continues the stream where the last
+chunk ended. Memory stays one batch (or one small row group) whatever the row-group size; a task that jumps
+back in a big row group (a thief taking a shard's far end) decodes the rows before its chunk again: the price
+of a dataset written as few huge row groups (``bench/bench_prompts.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 BATCH_ROWS = 1024
-CACHE_BYTES = 256 * 1024 * 1024
+CACHE_BYTES = 32 * 1024 * 1024
+READ_BUFFER = 1 << 20  # bytes: the column chunk is read through a buffer, not loaded whole
 
 
 class PromptReader:
@@ -28,8 +31,9 @@ class PromptReader:
         self.format, self.path = ds["format"], ds["path"]
         self.key = manifest["job"]["data"]["prompt_key"]
         self._cached: tuple[int, pa.Array] | None = None
+        self._stream: tuple[int, Iterator[pa.RecordBatch], int, pa.Array | None] | None = None  # rg, batches, pos, rest
         if self.format == "parquet":
-            self.pf = pq.ParquetFile(self.path, buffer_size=1 << 20, pre_buffer=False)
+            self.pf = pq.ParquetFile(self.path, buffer_size=READ_BUFFER, pre_buffer=False)
             md = self.pf.metadata
             self.groups: list[tuple[int, int]] = []  # (first row, rows)
             first = 0
@@ -52,22 +56,34 @@ class PromptReader:
             if self._sizes[rg] <= CACHE_BYTES:
                 col = self._group(rg)
                 yield from zip(range(lo, hi), col.slice(lo - first, hi - lo).to_pylist(), strict=True)
-                continue
-            pos = first
-            for batch in self.pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[rg], columns=[self.key],
-                                              use_threads=False):
-                blo, bhi = max(lo, pos), min(hi, pos + batch.num_rows)
-                if blo < bhi:
-                    yield from zip(range(blo, bhi), batch.column(0).slice(blo - pos, bhi - blo).to_pylist(),
-                                   strict=True)
-                pos += batch.num_rows
-                if pos >= hi:
-                    break
+            else:
+                yield from self._streamed(rg, first, lo, hi)
 
     def _group(self, rg: int) -> pa.Array:
         if self._cached is None or self._cached[0] != rg:
             self._cached = (rg, self.pf.read_row_group(rg, columns=[self.key]).column(0))
         return self._cached[1]
+
+    def _streamed(self, rg: int, first: int, lo: int, hi: int) -> Iterator[tuple[int, Any]]:
+        """Rows [lo, hi) of a big row group, continuing the last stream when it has not passed ``lo``."""
+        if self._stream is None or self._stream[0] != rg or self._stream[2] > lo:
+            batches = self.pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[rg], columns=[self.key],
+                                           use_threads=False)
+            self._stream = (rg, batches, first, None)
+        _, batches, pos, rest = self._stream
+        while pos < hi:
+            if rest is None or len(rest) == 0:
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                rest = batch.column(0)
+            take = min(len(rest), hi - pos)
+            if pos + take > lo:
+                skip = max(0, lo - pos)
+                yield from zip(range(pos + skip, pos + take), rest.slice(skip, take - skip).to_pylist(),
+                               strict=True)
+            rest, pos = rest.slice(take), pos + take
+        self._stream = (rg, batches, pos, rest)
 
     def _jsonl(self, offset: int, start: int, end: int) -> Iterator[tuple[int, Any]]:
         with open(self.path, "rb") as fh:
@@ -84,3 +100,13 @@ class PromptReader:
                     value = None
                 yield row, value
                 row += 1
+
+
+def read_prompts(manifest: dict[str, Any], shard: int) -> Iterator[tuple[int, Any]]:
+    """(row_id, prompt value) for every row of a shard, chunk by chunk (an owner's order)."""
+    from hpcgen.rundir.chunks import shard_chunks
+
+    reader = PromptReader(manifest)
+    start, end = manifest["shards"][shard]
+    for chunk, (lo, hi) in enumerate(shard_chunks((start, end), manifest.get("chunk_rows") or (end - start))):
+        yield from reader.rows(shard, chunk, lo, hi)
