@@ -27,8 +27,8 @@ from hpcgen.login.state import PENDING, RUNNING, RunState, collect, latest_jobs,
 from hpcgen.rundir import atomic
 from hpcgen.rundir.fingerprint import changed_inputs
 from hpcgen.rundir.layout import RunLayout
-from hpcgen.rundir.leases import mark_dead, pid_alive
-from hpcgen.rundir.lock import Lock
+from hpcgen.rundir.leases import mark_dead
+from hpcgen.rundir.lock import Lock, process_alive
 from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
 from hpcgen.rundir.parts import invalidate_bad_done
 from hpcgen.rundir.progress import read_records
@@ -119,7 +119,7 @@ def _bury_dead_tasks(layout: RunLayout, executor: str | None) -> list[str]:
         states = sacct_states(sorted(set(running.values()))) or {}
         gone = [t for t, j in running.items() if j in states and states[j] not in RUNNING | PENDING]
     else:
-        gone = [t for t, j in running.items() if not j.isdigit() or not pid_alive(int(j))]
+        gone = [t for t, j in running.items() if not j.isdigit() or not process_alive(int(j), None)]
     for job in gone:
         mark_dead(layout, job, "the scheduler says its job is over")
     return gone
