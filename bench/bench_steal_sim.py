@@ -205,10 +205,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--tasks", type=int, default=1000)
-    ap.add_argument("--task-seconds", type=float, default=60.0)
+    ap.add_argument("--task-seconds", type=float, default=180.0)
     ap.add_argument("--kill", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--timeout", type=float, default=1.0, help="lease timeout (s); heartbeats every quarter of it")
+    ap.add_argument("--timeout", type=float, default=4.0, help="lease timeout (s); heartbeats every quarter of it")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     timeout_s, beat_s = a.timeout, a.timeout / 4  # scaled down with the run: 10 s beats and 120 s on a cluster
