@@ -138,20 +138,24 @@ def main() -> None:
     # the accounting database learns of the cancellations within a second or two
     time.sleep(3)
     sacct_log = common.make_shim(root / "shims", "sacct")
+    squeue_log = common.make_shim(root / "shims", "squeue")
     env = {"PATH": f"{root / 'shims'}:{os.environ['PATH']}"}
 
     col, cli = [], []
     for _ in range(a.repeat):
         sacct_log.write_text("")
+        squeue_log.write_text("")
         r = common.child_json(common.run_measured([common.PY, __file__, "--child", str(run_dir)], env=env))
         r["shim_calls"] = len(common.shim_calls(sacct_log))
+        r["squeue_calls"] = len(common.shim_calls(squeue_log))
         col.append(r)
         sacct_log.write_text("")
+        squeue_log.write_text("")
         res = common.run_measured([str(Path(sys.executable).parent / "hpcgen"), "status", str(run_dir), "--json"],
                                   env=env)
         st = json.loads(res["stdout"])
         cli.append({"wall_s": res["wall_s"], "shim_calls": len(common.shim_calls(sacct_log)),
-                    "counts": st["counts"]})
+                    "squeue_calls": len(common.shim_calls(squeue_log)), "counts": st["counts"]})
     best_col = min(r["collect_s"] for r in col)
     best_cli = min(r["wall_s"] for r in cli)
     common.report(B, f"state.collect over {a.shards:,} shards (best of {a.repeat})", best_col, "s", "< 1 s",
@@ -163,6 +167,12 @@ def main() -> None:
     calls = max(r["shim_calls"] for r in col + cli)
     common.report(B, "sacct calls per status", calls, "", "<= 1", calls <= 1,
                   note=f"state.sacct_calls={col[0]['sacct_calls']}")
+    calls = max(r["squeue_calls"] for r in col + cli)
+    common.report(B, "squeue calls per status", calls, "", "<= 1", calls <= 1)
+    helps = [common.run_measured([str(Path(sys.executable).parent / "hpcgen"), "--help"])["wall_s"]
+             for _ in range(a.repeat)]
+    common.report(B, f"hpcgen --help wall (best of {a.repeat})", min(helps), "s", "< 1 s", min(helps) < 1,
+                  note="runs: " + ", ".join(f"{x:.3f}" for x in helps))
     common.report(B, "shard states seen", json.dumps(cli[0]["counts"], sort_keys=True), "", "info",
                   note="expected done 5000; the rest cancelled (their arrays were cancelled)")
     left = common.wait_gone(arrays)

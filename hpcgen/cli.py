@@ -58,9 +58,11 @@ def cmd_submit(a: argparse.Namespace) -> int:
     assert sub is not None  # noqa: S101 - internal invariant
     _err(f"queued {len(p.tasks)} tasks with {sub.sbatch_calls} submission(s) ({sub.executor}): "
          f"{', '.join(sub.arrays)}")
-    if a.wait:
-        _wait(res.layout.root)
-    print(res.layout.root)
+    try:
+        if a.wait:
+            _wait(res.layout.root)
+    finally:  # the last stdout line is the run directory, also when --wait ends in a failure
+        print(res.layout.root, flush=True)
     return 0
 
 
@@ -153,7 +155,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     for col in ("shard", *(["dataset/seed"] if blocks else []), "state", "rows", "job", "attempts", "last error"):
         table.add_column(col)
     for s in shown:
-        note = (s.last_error or "") if s.state in ("failed", "cancelled") else ""
+        note = (s.last_error or "") if s.state in ("failed", "cancelled") else (s.reason or "")
         b = shard_block(manifest, s.id) if blocks else None
         table.add_row(str(s.id), *([f"{b.name}/{b.seed}"] if b else []), s.state, f"{s.rows_done}/{s.rows_total}",
                       s.job_id or "-", str(s.attempts), escape(note))
@@ -239,9 +241,11 @@ def cmd_resume(a: argparse.Namespace) -> int:
     else:
         n_tasks = len(set(sub.jobs.values())) + len(sub.extra_tasks)
         _err(f"resubmitted {len(sub.jobs)} shard(s) as {n_tasks} task(s): {', '.join(sub.arrays)} ({sub.executor})")
-        if a.wait:
+    try:
+        if sub is not None and a.wait:
             _wait(Path(a.run_dir))
-    print(Path(a.run_dir).resolve())
+    finally:
+        print(Path(a.run_dir).resolve(), flush=True)
     return 0
 
 

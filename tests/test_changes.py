@@ -40,7 +40,9 @@ def test_model_and_dataset_changed_in_place(cluster, tiny_model, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
     data = make_dataset(tmp_path / "d.parquet", 40, style="gsm8k", seed=5)
-    job = write_job(tmp_path / "job.yaml", data=data, model=model, sharding={"num_shards": 2},
+    # no stealing: shard 1 must be left to its own task, which starts after the change (with stealing, shard
+    # 0's task would do it with the weights it loaded before the change, the plan's: right, but not this test)
+    job = write_job(tmp_path / "job.yaml", data=data, model=model, sharding={"num_shards": 2, "steal": False},
                     slurm={"array_parallelism": 1}, rollout={"response_length": 16, "max_num_seqs": 4})
     res = hpcgen("submit", str(job), "--run-dir", str(tmp_path / "run"), env={"HPCGEN_TEST_STEP_DELAY_S": "0.02"})
     assert res.returncode == 0, res.stderr

@@ -1,7 +1,9 @@
 """Merge + score as a dependent SLURM job after the array succeeds (``score.after_merge: true``).
 
 The step is a small CPU-only job with ``--dependency=afterok:<arrays>``; ``status`` shows it and ``resume``
-re-attaches it to the new array. Its result is the files it writes (merged output, scores.json).
+re-attaches it to the new arrays and, with ``afterany``, to the older arrays that still have tasks pending or
+running (a whole array: compact, and its ended tasks count as ended), so it never starts while one of them can
+still write to the run. Its result is the files it writes (merged output, scores.json).
 """
 
 from __future__ import annotations
@@ -47,15 +49,23 @@ def merge_and_score(run_dir: str) -> dict[str, Any]:
             "overall": (report or {}).get("overall")}
 
 
-def submit_chain(layout: RunLayout, spec: Any, arrays: list[str]) -> str:
-    """Queue the merge+score step after every array of this submission succeeds; returns its job id."""
-    import submitit
+def chain_dependency(arrays: list[str], still_running: list[str] | None = None) -> str:
+    """afterok on this submission's arrays, afterany on earlier jobs still able to write (both must hold)."""
+    dep = "afterok:" + ":".join(arrays)
+    if still_running:
+        dep += ",afterany:" + ":".join(sorted(set(still_running)))
+    return dep
 
+
+def submit_chain(layout: RunLayout, spec: Any, arrays: list[str], still_running: list[str] | None = None) -> str:
+    """Queue the merge+score step after every array of this submission succeeds and every earlier job in
+    ``still_running`` has ended; returns its job id."""
+    import submitit
 
     ex = submitit.SlurmExecutor(folder=str(layout.logs_dir / "%j"), python=spec.slurm.python or sys.executable)
     params: dict[str, Any] = {"job_name": f"{spec.slurm.job_name}-merge", "time": 60,
                               "nodes": 1, "ntasks_per_node": 1, "cpus_per_task": 1,
-                              "dependency": "afterok:" + ":".join(arrays), "setup": list(spec.slurm.setup)}
+                              "dependency": chain_dependency(arrays, still_running), "setup": list(spec.slurm.setup)}
     for key in ("partition", "account", "qos"):
         if getattr(spec.slurm, key):
             params[key] = getattr(spec.slurm, key)

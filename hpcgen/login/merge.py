@@ -24,6 +24,7 @@ from hpcgen.rundir import atomic
 from hpcgen.rundir.blocks import dataset_index, dataset_output, dataset_shards
 from hpcgen.rundir.fingerprint import changed_inputs
 from hpcgen.rundir.layout import RunLayout, check_writable
+from hpcgen.rundir.lock import Lock
 from hpcgen.rundir.manifest import load_manifest
 from hpcgen.rundir.parts import dropped_rows, finalize_shard, verify_done
 
@@ -104,7 +105,7 @@ def merge_all(run_dir: Path, *, allow_partial: bool = False, metadata: bool | No
         output_format(out)
         check_writable(out, "output path")
     results = []
-    with atomic.exclusive_lock(layout.lock, "merge"):
+    with Lock(layout.lock, "merge"):
         done = layout.list_done()
         for shard in range(len(manifest["shards"])):  # every chunk marked but the shard not yet (tasks finishing)
             if shard not in done and finalize_shard(layout, manifest, shard):

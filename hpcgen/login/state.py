@@ -1,15 +1,17 @@
-"""Where every shard stands: files in the run directory are the truth; one sacct call at most is a hint for
-pending/running/failed of shards that are not done. Shared by ``status``, ``resume``, ``merge``, ``cancel``.
+"""Where every shard stands: files in the run directory are the truth; for shards that are not done, one
+``sacct`` and one ``squeue`` call at most are hints (pending/running/failed), and the attempt records settle
+what neither knows (accounting off or failing, a job purged from both): such a shard is ``unknown`` with a
+reason, and ``resume`` treats it as not running. Shared by ``status``, ``resume``, ``merge``, ``cancel``.
 Writes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ from hpcgen.login import runstats
 from hpcgen.login.runstats import RunStats
 from hpcgen.rundir import atomic
 from hpcgen.rundir.chunks import num_chunks
-from hpcgen.rundir.layout import RunLayout
+from hpcgen.rundir.layout import RunLayout, safe_job_id
+from hpcgen.rundir.lock import process_alive
 
 STATUS_FORMAT = "hpcgen-status/1"  # version of ``status --json`` (fields in the README)
 
@@ -31,7 +34,7 @@ CANCELLED = {"CANCELLED"}
 @dataclass
 class ShardState:
     id: int
-    state: str  # pending | running | done | failed | cancelled
+    state: str  # pending | running | done | failed | cancelled | unknown
     rows_done: int
     rows_total: int
     job_id: str | None
@@ -39,6 +42,7 @@ class ShardState:
     error_rows: int = 0
     log: str | None = None
     last_error: str | None = None
+    reason: str | None = None  # why the state is "unknown" (no source knows the job)
     logs_command: str | None = None  # for failed/cancelled shards: the command that prints the log
 
 
@@ -53,10 +57,12 @@ class RunState:
     eta_seconds: float | None = None
     executor: str | None = None
     sacct_calls: int = 0
+    squeue_calls: int = 0
+    scheduler_answered: bool = True  # False when neither sacct nor squeue answered (SLURM unreachable)
     chain: dict[str, Any] | None = None  # the merge+score step, when the job asked for one
+    stats: RunStats | None = None  # elapsed, rates, GPU-hours, tokens, ... (login.runstats)
     extra_tasks: dict[str, str] = field(default_factory=dict)  # job id -> state of tasks without own shards
     dropped_rows: int = 0  # rows saved twice (a task that had lost its chunk) and left out of the markers
-    stats: RunStats | None = None  # elapsed, rates, GPU-hours, tokens, ... (login.runstats)
 
     def shards_in(self, *states: str) -> list[int]:
         return [s.id for s in self.shards if s.state in states]
@@ -112,12 +118,32 @@ def sacct_states(job_ids: list[str]) -> dict[str, str] | None:
         return None
     if res.returncode != 0:
         return None
+    return _parse_states(res.stdout)
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
+    """One squeue call: the controller's view of the given jobs (queued, running, and ended within its
+    MinJobAge), array tasks one per line; None if squeue did not answer. Works with accounting off."""
+    if not job_ids or shutil.which("squeue") is None:
+        return None
+    bases = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        res = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(bases)],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if res.returncode != 0:  # one id the controller no longer knows is an error, not an answer-less squeue
+        return {} if "Invalid job id" in res.stderr else None
+    return _parse_states(res.stdout)
+
+
+def _parse_states(text: str) -> dict[str, str]:
     states: dict[str, str] = {}
-    for line in res.stdout.splitlines():
+    for line in text.splitlines():
         if "|" not in line:
             continue
         jid, state = line.split("|", 1)
-        state = state.split()[0] if state.strip() else "UNKNOWN"
+        state = state.split()[0].rstrip("+") if state.strip() else "UNKNOWN"  # "CANCELLED+": cancelled by a user
         m = re.fullmatch(r"(\d+)_\[([0-9,\-]+)(?:%\d+)?\]", jid)
         if m:  # a pending range such as 123_[4-9%2]
             for rng in m[2].split(","):
@@ -129,18 +155,40 @@ def sacct_states(job_ids: list[str]) -> dict[str, str] | None:
     return states
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+@dataclass
+class Scheduler:
+    """What SLURM says about the run's open jobs: one sacct and one squeue answer (None: no answer)."""
+
+    sacct: dict[str, str] | None = None
+    squeue: dict[str, str] | None = None
+    local_starts: dict[str, str] = field(default_factory=dict)  # local executor: pid -> process start
+
+    @property
+    def answered(self) -> bool:
+        return self.sacct is not None or self.squeue is not None
+
+    def state(self, jid: str) -> tuple[str | None, str | None]:
+        """(SLURM state or None if no source knows the job, a note on why the sources disagree)."""
+        live = self.squeue.get(jid) if self.squeue is not None else None
+        if live is not None:  # the controller's own view is the freshest
+            return live, None
+        acct = self.sacct.get(jid) if self.sacct is not None else None
+        if acct is None and self.sacct is not None and "_" in jid:  # an array that never started a task
+            acct = self.sacct.get(jid.split("_")[0])  # has one record for all of them ("123 CANCELLED")
+        if acct in PENDING | RUNNING and self.squeue is not None:
+            return None, f"sacct says {acct} but the controller does not know the job (stale accounting record)"
+        return acct, None
+
+
+def local_starts(layout: RunLayout) -> dict[str, str]:
+    """Local executor: pid -> start identity recorded at submit (a reused pid is not the task)."""
+    out: dict[str, str] = {}
+    for path in layout.list_submissions():
+        try:
+            out.update(atomic.read_json(path).get("local_starts", {}))
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def log_path(layout: RunLayout, job_id: str | None) -> Path | None:
@@ -179,40 +227,48 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
     attempts = layout.list_attempts()
     jobs, last_sub, executor = latest_jobs(layout)
     extra = extra_jobs(layout)
-    open_jobs = [jobs[i] for i in range(len(shards)) if i not in done and i in jobs]
-    task_jobs = sorted(set(open_jobs) | set(extra))
+    task_jobs = sorted({jobs[i] for i in range(len(shards)) if i not in done and i in jobs} | set(extra))
+    open_jobs = list(task_jobs)
     chain_job = (last_sub or {}).get("chain_job")
-    queried = task_jobs + ([chain_job] if chain_job and not layout.scores.exists() else [])
-    progress = runstats.ProgressReader(layout)  # reads the progress records while sacct runs
-    states: dict[str, str] | None = None
+    if chain_job and not layout.scores.exists():
+        open_jobs.append(chain_job)
+    progress = runstats.ProgressReader(layout)  # reads the progress records while sacct and squeue run
+    sched = Scheduler()
     calls = 0
-    if query_scheduler and queried and executor == "slurm":
-        states = sacct_states(queried)
+    if query_scheduler and open_jobs and executor == "slurm":
+        sched = Scheduler(sacct_states(open_jobs), squeue_states(open_jobs))
         calls = 1
-    # with stealing, a shard whose own task has ended can still be in the hands of another task
-    working = [j for j in task_jobs if _open_state(j, executor, states, -1, ["?"]) == "running"]
+    elif executor == "local":
+        sched.local_starts = local_starts(layout)
+    # with stealing, a shard whose own task has ended can still be in the hands of another task of the run
+    extra_states = {j: _open_state(layout, j, executor, sched, -1, [], query_scheduler)[0] for j in extra}
+    working = [j for j in task_jobs if (extra_states.get(j) or _open_state(
+        layout, j, executor, sched, -1, [], query_scheduler)[0]) == "running"]
     out: list[ShardState] = []
-    dropped = 0
     for i, (start, end) in enumerate(shards):
         total = end - start
         jid = jobs.get(i)
         n_att = len(attempts.get(i, []))
+        reason = None
         scan = None if i in done else layout.scan(i)
         if scan is not None and len(scan.done) >= num_chunks(manifest, i):
             done.add(i)  # every chunk marked; the shard's own marker follows (merge writes it if no task did)
-        state = "done" if i in done else _open_state(jid, executor, states, i, attempts.get(i, []))
-        if state in ("failed", "cancelled") and layout.done(i).exists():  # the task finished after the listing
+        if i in done:
+            state = "done"
+        else:
+            state, reason = _open_state(layout, jid, executor, sched, i, attempts.get(i, []), query_scheduler)
+        if state in ("failed", "cancelled", "unknown") and layout.done(i).exists():  # finished after the listing
             state = "done"
         if state == "done":
             out.append(ShardState(i, "done", total, total, jid, n_att))
             continue
-        assert scan is not None  # noqa: S101 - not done means scanned
-        rows = sum(min(end, lo + manifest["chunk_rows"]) - lo for lo in
-                   (start + c * manifest["chunk_rows"] for c in scan.done))
+        assert scan is not None  # noqa: S101 - a shard that is not done was listed
+        chunk_rows = manifest["chunk_rows"]
+        rows = sum(min(end, start + (c + 1) * chunk_rows) - (start + c * chunk_rows) for c in scan.done)
         rows += sum(p.rows for c, ps in scan.parts.items() if c not in scan.done for p in ps)
-        if state in ("failed", "cancelled") and working and (scan.leases or state == "failed"):
-            state = "running"  # its own task ended; other tasks of the run hold or will take its chunks
-        s = ShardState(i, state, min(total, rows), total, jid, n_att)
+        if state in ("failed", "cancelled", "unknown") and working and (scan.leases or state == "failed"):
+            state, reason = "running", None  # its own task ended; other tasks of the run hold or will take its chunks
+        s = ShardState(i, state, min(total, rows), total, jid, n_att, reason=reason)
         if state in ("failed", "cancelled"):
             lp = log_path(layout, jid)
             s.log = str(lp) if lp else None
@@ -221,42 +277,65 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
             s.logs_command = f"hpcgen logs {layout.root} {i} --err"
         out.append(s)
     rs = RunState(str(layout.root), sum(e - s for s, e in shards), sum(s.rows_done for s in out), out,
-                  executor=executor, sacct_calls=calls)
+                  executor=executor, sacct_calls=calls, squeue_calls=calls,
+                  scheduler_answered=sched.answered or not calls)
     for s in out:
         rs.counts[s.state] = rs.counts.get(s.state, 0) + 1
-    rs.extra_tasks = {j: _open_state(j, executor, states, -1, ["?"]) for j in extra}
+    rs.extra_tasks = extra_states
     for path in layout.list_dropped():
         with contextlib.suppress(OSError, ValueError):
-            dropped += int(atomic.read_json(path).get("dropped_rows", 0))
-    rs.dropped_rows = dropped
+            rs.dropped_rows += int(atomic.read_json(path).get("dropped_rows", 0))
     if chain_job:
-        st = "done" if layout.scores.exists() else _open_state(chain_job, executor, states, -1, ["?"])
+        st, why = ("done", None) if layout.scores.exists() else _open_state(
+            layout, chain_job, executor, sched, -1, [], query_scheduler)
         rs.chain = {"job_id": chain_job, "state": st, "scores": str(layout.scores) if st == "done" else None}
+        if why:
+            rs.chain["reason"] = why
     _figures(rs, layout, progress.records())
     return rs
 
 
-def _open_state(jid: str | None, executor: str | None, states: dict[str, str] | None, shard: int,
-                attempt_names: list[str]) -> str:
+def _open_state(layout: RunLayout, jid: str | None, executor: str | None, sched: Scheduler, shard: int,
+                attempt_names: list[str], queried: bool) -> tuple[str, str | None]:
+    """(state, reason) of a shard (or, shard -1, the merge+score step) that is not done."""
     if jid is None:
-        return "pending"
+        return "pending", None
     if executor == "local":
         try:
-            return "running" if _pid_alive(int(jid)) else "failed"
+            return ("running" if process_alive(int(jid), sched.local_starts.get(jid)) else "failed"), None
         except ValueError:
-            return "failed"
-    if states is None:
-        return "pending" if not attempt_names else "running"
-    st = states.get(jid)
-    if st is None:  # not in the accounting database yet
-        return "pending"
+            return "failed", None
+    if not queried:  # cancel: no scheduler call; the latest submission's jobs are what may run
+        return "running", None
+    st, note = sched.state(jid)
     if st in PENDING:
-        return "pending"
+        return "pending", None
     if st in RUNNING:
-        return "running"
+        return "running", None
     if st in CANCELLED:
-        return "cancelled"
-    return "failed"  # COMPLETED without a done marker, FAILED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, ...
+        return "cancelled", None
+    if st is not None:
+        return "failed", None  # COMPLETED without a done marker, FAILED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, ...
+    if not sched.answered:
+        return "unknown", "neither sacct nor squeue answered: SLURM is unreachable from here"
+    # no source knows the job (accounting off or failing, job purged): the attempt records tell what they can
+    mine = [n for n in attempt_names if n.startswith(f"s{shard:06d}.{safe_job_id(jid)}.")]
+    record: dict[str, Any] = {}
+    restart = re.compile(r"\.r(\d+)\.json$")
+    for name in sorted(mine, key=lambda n: int(m[1]) if (m := restart.search(n)) else -1):  # latest restart last
+        try:
+            record = atomic.read_json(layout.attempts_dir / name)
+        except (OSError, ValueError):
+            continue
+    if record.get("error"):
+        return "failed", None
+    why = note or f"job {jid} is known to neither sacct nor squeue (accounting off or failing, or purged)"
+    if record:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(record.get("started", 0))))
+        why += f"; its task started on {record.get('host', '?')} at {when} and recorded no end"
+    elif shard >= 0:
+        why += "; it never started a task"
+    return "unknown", why
 
 
 def _figures(rs: RunState, layout: RunLayout, records: list[dict[str, Any]]) -> None:

@@ -15,7 +15,7 @@ RUN_DIR/
   submissions/0001.json          one per submit/resume/scale: job ids per shard, extra tasks
   logs/                          submitit folder (sbatch scripts, stdout/stderr per task)
   multinode/<job>/node-<rank>.json   multi-node rendezvous and heartbeats
-  .lock                          merge/resume lock
+  .lock.d/owner.json             merge/resume lock (rundir.lock: mkdir + owner record, works on NFS/Lustre)
 ```
 ``status`` lists ``done/`` once and the folder of each shard that is not done.
 """
@@ -155,7 +155,7 @@ class RunLayout:
 
     @property
     def lock(self) -> Path:
-        return self.root / ".lock"
+        return self.root / ".lock.d"
 
     @property
     def scores(self) -> Path:

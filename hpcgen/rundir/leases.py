@@ -11,7 +11,7 @@ A lease (its content: the holder's job id) does not need renewing: the holder's 
 (``progress/<job>.json``) carries a heartbeat that the task rewrites every ``BEAT_S`` seconds, one write per
 task whatever the number of chunks it holds. A holder is
 gone when its record says it exited or is dead (``resume`` records jobs the scheduler says are over), when it
-ran on this host under a pid that is no longer alive, or when its heartbeat is older than the run's
+ran on this host under a pid that is no longer alive (or now belongs to another process), or when its heartbeat is older than the run's
 ``sharding.lease_timeout_s`` (judged on the reader's clock; keep the bound well above clock skew).
 """
 
@@ -26,23 +26,10 @@ from typing import Any
 
 from hpcgen.rundir import atomic
 from hpcgen.rundir.layout import RunLayout
+from hpcgen.rundir.lock import process_alive
 
 BEAT_S = 10.0
 HOST = socket.gethostname()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 # --- holders ---------------------------------------------------------------------------------------
@@ -87,8 +74,8 @@ class Liveness:
 def _status(rec: dict[str, Any], timeout_s: float, beat_s: float) -> str:
     if rec.get("state", "running") != "running" or rec.get("ended"):
         return "gone"
-    if rec.get("host") == HOST and not pid_alive(int(rec.get("pid", -1))):
-        return "gone"
+    if rec.get("host") == HOST and not process_alive(int(rec.get("pid", -1)), rec.get("start_id")):
+        return "gone"  # on this host, its process is gone (or its pid now belongs to another process)
     silent = time.time() - float(rec.get("beat", 0))
     return "gone" if silent > timeout_s else "suspect" if silent > 3 * beat_s else "alive"
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from hpcgen.rundir import atomic
 from hpcgen.rundir.layout import RunLayout
+from hpcgen.rundir.lock import process_start
 
 log = logging.getLogger("hpcgen.progress")
 
@@ -75,7 +76,7 @@ class TaskProgress:
             "format": FORMAT, "job_id": job_id, "host": socket.gethostname(), "pid": os.getpid(), "gpus": gpus,
             "started": now, "updated": now, "ended": None, "error": None, **dict.fromkeys(COUNTERS, 0),
             "shards": {}, "recent": [], "own": list(own or []), "state": "running", "beat": now, "chunks": 0,
-            "stolen_chunks": 0, "engine_starts": 0, "engine_start_s": None}
+            "stolen_chunks": 0, "start_id": process_start(os.getpid()), "engine_starts": 0, "engine_start_s": None}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         # ``hpcgen logs`` cuts a requeued job's log (SLURM appends to it) at this line

@@ -90,10 +90,33 @@ def _preset(entry: Any, job_file: Path | None) -> tuple[Path, dict[str, Any]]:
     for d in templates_dirs(job_file):
         cand = d / f"{entry}.yaml"
         if cand.is_file():
+            _refuse_foreign_writable(cand, entry)
             return cand, _read_yaml(cand, "preset")
     group = entry.split("/", 1)[0]
     known = sorted({p.stem for d in templates_dirs(job_file) for p in (d / group).glob("*.yaml")})
     raise ConfigError(f"preset {entry!r} not found (known {group} presets: {', '.join(known) or 'none'})")
+
+
+def _refuse_foreign_writable(path: Path, entry: str) -> None:
+    """A preset decides what runs in the sbatch script (setup lines, env): refuse one that another user could
+    have put there. Unsafe: the file or a folder above it owned by another user (not you, not root), or a
+    folder writable by everyone without the sticky bit. Sticky world-writable folders such as /tmp are fine
+    for what you own in them; group-writable project folders are trusted (the group shares presets)."""
+    me = os.geteuid()
+    p = path.resolve()
+    for node in (p, *p.parents):
+        try:
+            st = node.stat()
+        except OSError:
+            continue
+        if st.st_uid not in (me, 0):
+            raise ConfigError(f"preset {entry!r}: {path} is not safe to use: {node} belongs to another user "
+                              f"(uid {st.st_uid}), who could change what runs in your jobs; copy the preset "
+                              "to a folder of yours (search order: see README 'Presets')")
+        if node.is_dir() and st.st_mode & 0o002 and not st.st_mode & 0o1000:
+            raise ConfigError(f"preset {entry!r}: {path} is not safe to use: {node} is writable by every user "
+                              "(and not sticky), so anyone could change what runs in your jobs; copy the preset "
+                              "to a folder only you can write (search order: see README 'Presets')")
 
 
 def _section(ann: Any) -> type[BaseModel] | None:

@@ -7,10 +7,12 @@ seed gives it), plus, for an OpenAI batch file, the values its request's body se
 
 JSON lines: the plan recorded each chunk's file and byte offset, so a task reads exactly the chunk's lines.
 Parquet: the smallest unit a reader can address is a row group's column chunk, so a task reads only the row
-groups that hold the chunk's rows and only the prompt column. The last row group read stays decoded in memory
-when it is small (under ``CACHE_BYTES`` uncompressed), so consecutive chunks of one row group cost one read; a
-larger row group is streamed in batches of ``BATCH_ROWS`` rows up to the chunk (memory stays one batch, but
-reading it again for each chunk is the price of a dataset written as few huge row groups). Arrow IPC files
+groups that hold the chunk's rows and only the prompt column. A small row group (prompt column under
+``CACHE_BYTES`` uncompressed) stays decoded while the task reads its chunks; a larger one is streamed in batches
+of ``BATCH_ROWS`` rows, and a task reading chunks front to back (an owner) continues the stream where the last
+chunk ended. Memory stays one batch (or one small row group) whatever the row-group size; a task that jumps
+back in a big row group (a thief taking a shard's far end) decodes the rows before its chunk again: the price
+of a dataset written as few huge row groups (``bench/bench_prompts.py``). Arrow IPC files
 (``datasets.save_to_disk``) are memory-mapped: their batches are views, read without copying.
 """
 
@@ -30,7 +32,8 @@ from hpcgen.spec.batch import BatchLineError, chat_messages, sampling_overrides
 from hpcgen.task.engine import row_seed
 
 BATCH_ROWS = 1024
-CACHE_BYTES = 256 * 1024 * 1024
+CACHE_BYTES = 32 * 1024 * 1024
+READ_BUFFER = 1 << 20  # bytes: the column chunk is read through a buffer, not loaded whole
 OPEN_FILES = 4  # parquet files kept open per dataset (their metadata), least recently used dropped
 
 
@@ -38,7 +41,7 @@ class _Parquet:
     """One parquet file's prompt column, read by row group."""
 
     def __init__(self, path: str, key: str) -> None:
-        self.pf = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+        self.pf = pq.ParquetFile(path, buffer_size=READ_BUFFER, pre_buffer=False)
         self.key = key
         md = self.pf.metadata
         self.groups: list[tuple[int, int]] = []  # (first row, rows)
@@ -50,6 +53,7 @@ class _Parquet:
         self._sizes = [md.row_group(rg).column(col).total_uncompressed_size if col >= 0 else 0
                        for rg in range(md.num_row_groups)]
         self._cached: tuple[int, pa.Array] | None = None
+        self._stream: tuple[int, Iterator[pa.RecordBatch], int, pa.Array | None] | None = None  # rg, batches, pos, rest
 
     def values(self, start: int, end: int) -> Iterator[Any]:
         for rg, (first, n) in enumerate(self.groups):
@@ -58,21 +62,33 @@ class _Parquet:
                 continue
             if self._sizes[rg] <= CACHE_BYTES:
                 yield from self._group(rg).slice(lo - first, hi - lo).to_pylist()
-                continue
-            pos = first
-            for batch in self.pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[rg], columns=[self.key],
-                                              use_threads=False):
-                blo, bhi = max(lo, pos), min(hi, pos + batch.num_rows)
-                if blo < bhi:
-                    yield from batch.column(0).slice(blo - pos, bhi - blo).to_pylist()
-                pos += batch.num_rows
-                if pos >= hi:
-                    break
+            else:
+                yield from self._streamed(rg, first, lo, hi)
 
     def _group(self, rg: int) -> pa.Array:
         if self._cached is None or self._cached[0] != rg:
             self._cached = (rg, self.pf.read_row_group(rg, columns=[self.key]).column(0))
         return self._cached[1]
+
+    def _streamed(self, rg: int, first: int, lo: int, hi: int) -> Iterator[Any]:
+        """Rows [lo, hi) of a big row group, continuing the last stream when it has not passed ``lo``."""
+        if self._stream is None or self._stream[0] != rg or self._stream[2] > lo:
+            batches = self.pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[rg], columns=[self.key],
+                                           use_threads=False)
+            self._stream = (rg, batches, first, None)
+        _, batches, pos, rest = self._stream
+        while pos < hi:
+            if rest is None or len(rest) == 0:
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                rest = batch.column(0)
+            take = min(len(rest), hi - pos)
+            if pos + take > lo:
+                skip = max(0, lo - pos)
+                yield from rest.slice(skip, take - skip).to_pylist()
+            rest, pos = rest.slice(take), pos + take
+        self._stream = (rg, batches, pos, rest)
 
 
 class _Dataset:
@@ -159,3 +175,14 @@ def _request(obj: Any, sampling: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     except BatchLineError:
         return None, sampling
     return chat_messages(body.get("messages")), {**sampling, **over}
+
+
+def read_prompts(manifest: dict[str, Any], shard: int) -> Iterator[tuple[int, Any]]:
+    """(row_id, prompt value) for every row of a shard, chunk by chunk (an owner's order)."""
+    from hpcgen.rundir.chunks import shard_chunks
+
+    reader = PromptReader(manifest)
+    start, end = manifest["shards"][shard]
+    for chunk, (lo, hi) in enumerate(shard_chunks((start, end), manifest.get("chunk_rows") or (end - start))):
+        for row in reader.rows(shard, chunk, lo, hi):
+            yield row.row_id, row.value

@@ -43,6 +43,7 @@ class WorkQueue:
         self.own, self.steal, self.timeout_s, self.beat_s = list(own), steal, timeout_s, beat_s
         self._victim: int | None = None  # a thief drains one shard's tail before looking for another
         self.suspects = 0  # chunks seen held by silent holders at the last look
+        self.suspect_shards: set[int] = set()
         self.rng = rng or random.Random()
         self._cursor = {s: 0 for s in own}  # owners move front to back
         self.held: set[tuple[int, int]] = set()
@@ -66,7 +67,9 @@ class WorkQueue:
         if who == self.job:  # ours if this run claimed it; else an earlier run under the same name, gone
             return None if (shard, chunk) in self.held else gen + 1
         status = live.status(who)
-        self.suspects += status == "suspect"
+        if status == "suspect":
+            self.suspects += 1
+            self.suspect_shards.add(shard)
         return None if status != "gone" else gen + 1
 
     def _try(self, shard: int, chunk: int, gen: int, stolen: bool) -> Claim | None:
@@ -97,16 +100,22 @@ class WorkQueue:
                     return got
         return None
 
-    def _steal(self) -> Claim | None:
+    def _steal(self, only: list[int] | None = None) -> Claim | None:
+        """A chunk of another shard: the last victim's tail, else the best of a random sample, else (once the
+        sample finds nothing) of every unfinished shard. ``only`` restricts the look to those shards."""
         self.suspects = 0
         for _ in range(8):  # a lost race for a chunk: look again
+            found = None
             if self._victim is not None:  # keep draining the last victim's tail: one listing per chunk
                 found = self._best([self._victim])
                 if found is None:
                     self._victim = None
-            if self._victim is None:
-                done = self.layout.list_done()
-                candidates = [s for s in range(len(self.manifest["shards"])) if s not in done]
+            if found is None:
+                if only is None:
+                    done = self.layout.list_done()
+                    candidates = [s for s in range(len(self.manifest["shards"])) if s not in done]
+                else:
+                    candidates = list(only)
                 self.rng.shuffle(candidates)
                 found = self._best(candidates[:SAMPLE]) or (
                     self._best(candidates[SAMPLE:]) if len(candidates) > SAMPLE else None)
@@ -122,28 +131,42 @@ class WorkQueue:
     def after_suspects(self, sleep: Any = time.sleep) -> Claim | None:
         """Nothing is free, but chunks are held by holders that have gone silent (a lost node?): rather than
         leave them to a resume, wait, beat by beat, until they come back, finish, or are judged gone (then
-        take them over). Returns the next claim, or None when nothing is left at all."""
+        take them over). Only the shards where silent holders were seen are looked at again, so a run's end
+        does not cost every idle task a listing of every shard each beat. Returns the next claim, or None
+        when nothing is left to wait for."""
         deadline = time.monotonic() + self.timeout_s + self.beat_s
-        while self.steal and self.suspects and time.monotonic() < deadline:
+        while self.steal and self.suspects and self.suspect_shards and time.monotonic() < deadline:
             sleep(self.beat_s)
-            got = self.next()
+            watched, self.suspect_shards = sorted(self.suspect_shards), set()
+            got = self._steal(only=watched)
             if got is not None:
                 return got
         return None
 
     def _best(self, shards: list[int]) -> tuple[int, int, int] | None:
-        """(shard, chunk, generation): the last available chunk of the shard with the most available."""
-        live = self._live()
-        best: tuple[int, int, int, int] | None = None  # (count, shard, chunk, gen)
+        """(shard, chunk, generation): the last unclaimed chunk of the shard with the most unclaimed ones; if
+        none is unclaimed anywhere, the last chunk whose holder is gone (a takeover). Holders are only read in
+        that second case, so a look costs one listing per shard."""
+        best: tuple[int, int, int] | None = None  # (unclaimed count, shard, chunk)
+        busy: list[tuple[int, ShardScan, int]] = []
         for shard in shards:
             scan = self._scan(shard)
             n = num_chunks(self.manifest, shard)
             if len(scan.done) >= n:
                 continue
-            avail = [(c, g) for c in range(n) if (g := self._available(shard, c, scan, live)) is not None]
-            if avail and (best is None or len(avail) > best[0]):
-                best = (len(avail), shard, *avail[-1])
-        return None if best is None else best[1:]  # type: ignore[return-value]
+            free = [c for c in range(n) if c not in scan.done and c not in scan.leases]
+            if free and (best is None or len(free) > best[0]):
+                best = (len(free), shard, free[-1])
+            elif not free:
+                busy.append((shard, scan, n))
+        if best is not None:
+            return best[1], best[2], 0
+        live = self._live()
+        for shard, scan, n in busy:
+            for c in reversed(range(n)):
+                if c not in scan.done and (gen := self._available(shard, c, scan, live)) is not None:
+                    return shard, c, gen
+        return None
 
     def still_mine(self, c: Claim) -> bool:
         """No higher generation of the chunk's lease exists (nobody took it over)."""
