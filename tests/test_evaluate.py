@@ -364,3 +364,15 @@ def test_one_changed_file_of_many_is_refused_by_merge_and_resume(tmp_path, data,
         merge_run(layout.root)
     with pytest.raises(RunDirError, match=r"cannot resume: dataset .*part-00007.parquet changed since the plan"):
         check_unchanged(load_manifest(layout.root))
+
+
+def test_container_mounts_every_dataset_and_output_folder():
+    from hpcgen.login.container import auto_mounts
+
+    spec = load_job(None, [], data={"model": {"path": "/m/model"}, "datasets": {
+        "gsm": {"path": "/data/gsm/test-*.parquet", "output_path": "/out/a/gsm.parquet"},
+        "math": {"path": ["/data/math/a.jsonl", "/other/b.jsonl"]}, "hf": {"path": "/data/hf"}}})
+    mounts = {(m.src, m.mode, m.why) for m in auto_mounts(spec, Path("/runs/r"))}
+    assert {("/data/gsm", "ro", "dataset gsm"), ("/data/math/a.jsonl", "ro", "dataset math"),
+            ("/other/b.jsonl", "ro", "dataset math"), ("/data/hf", "ro", "dataset hf"),
+            ("/out/a", None, "output directory")} <= mounts
