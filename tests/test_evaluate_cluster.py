@@ -83,7 +83,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 def job_file(path: Path, model: Path, datasets: dict, seeds: list[int], **extra) -> Path:
     job = {"defaults": ["model/tiny", "cluster/dev"], "model": {"path": str(model)}, "rollout": ROLLOUT,
            "datasets": datasets, "seeds": seeds, "checkpoint": {"every_rows": 8, "every_seconds": 5}, **extra}
-    path.write_text(yaml.safe_dump(job))
+    path.write_text(yaml.safe_dump(job, sort_keys=False))  # datasets in the order written
     return path
 
 
