@@ -49,6 +49,8 @@ def cmd_submit(a: argparse.Namespace) -> int:
     res = ops.submit(Path(a.job), a.overrides, run_dir=Path(a.run_dir) if a.run_dir else None,
                      executor=a.executor, dry_run=a.dry_run)
     p = res.plan
+    for note in res.notes:  # model staging, and a partition check that could not run
+        _err(note)
     sizes = [e - s for s, e in p.shards]
     _err(f"plan: {p.dataset.rows} rows of {p.dataset.path} -> {len(p.shards)} shards "
          f"({min(sizes)}-{max(sizes)} rows), {len(p.tasks)} tasks, n_samples={p.spec.data.n_samples}")

@@ -5,7 +5,6 @@ the GPU/CPU request per task, the local executor, and the dry-run sbatch text. K
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -14,11 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcgen.errors import SchedulerError
+from hpcgen.login.partition import cpus_per_task, max_array_size
 from hpcgen.rundir import atomic
 from hpcgen.rundir.layout import RunLayout
 from hpcgen.spec.schema import JobSpec, time_minutes
-
-DEFAULT_MAX_ARRAY_SIZE = 1001
 
 
 def slurm_parameters(spec: JobSpec) -> dict[str, Any]:
@@ -31,7 +29,7 @@ def slurm_parameters(spec: JobSpec) -> dict[str, Any]:
         "time": time_minutes(s.time),
         "nodes": nodes,
         "ntasks_per_node": 1,
-        "cpus_per_task": s.cpus_per_task or max(1, s.cpus_per_gpu * max(1, gpus)),
+        "cpus_per_task": cpus_per_task(spec),
         "array_parallelism": s.array_parallelism,
         "signal_delay_s": s.signal_delay_s,
         "setup": list(s.setup),
@@ -70,18 +68,6 @@ def make_executor(kind: str, layout: RunLayout, spec: JobSpec) -> Any:
     params["setup"] = params["setup"] + _task_env_lines(spec)
     ex.update_parameters(**params)
     return ex
-
-
-def max_array_size() -> int:
-    """The cluster's MaxArraySize (one ``scontrol show config`` call)."""
-    if shutil.which("scontrol") is None:
-        return DEFAULT_MAX_ARRAY_SIZE
-    try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return DEFAULT_MAX_ARRAY_SIZE
-    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
-    return int(m[1]) if m else DEFAULT_MAX_ARRAY_SIZE
 
 
 def dry_run_text(layout: RunLayout, spec: JobSpec, n_tasks: int) -> str:

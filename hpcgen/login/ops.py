@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ class SubmitResult:
     layout: RunLayout
     submission: Submission | None
     dry_run: str | None = None
+    notes: list[str] = field(default_factory=list)  # for stderr: checks that could not run, staging
 
 
 def default_run_dir(job_file: Path) -> Path:
@@ -38,15 +39,21 @@ def default_run_dir(job_file: Path) -> Path:
 def submit(job_file: Path, overrides: list[str], *, run_dir: Path | None = None, executor: str = "slurm",
            dry_run: bool = False) -> SubmitResult:
     spec = load_job(job_file, overrides)
-    plan = make_plan(spec, job_file=str(job_file.resolve()), overrides=overrides)
+    plan = make_plan(spec, job_file=str(job_file.resolve()), overrides=overrides, download=not dry_run)
     layout = RunLayout(run_dir or default_run_dir(job_file))
+    notes = list(plan.notes)
+    if executor == "slurm":  # the request against the partition's nodes, before sbatch refuses it unexplained
+        from hpcgen.login.partition import check_before_queueing
+
+        if note := check_before_queueing(plan.spec):
+            notes.append(note)
     if dry_run:
-        return SubmitResult(plan, layout, None, dry_run_text(layout, plan.spec, len(plan.tasks)))
+        return SubmitResult(plan, layout, None, dry_run_text(layout, plan.spec, len(plan.tasks)), notes)
     layout = create_run_dir(layout.root, plan.manifest)
     sub = submit_groups(layout, plan.spec, plan.tasks, executor=executor, kind="submit",
                         extra={"rows_done_at_submit": 0})
     attach_chain(layout, plan.spec, sub)
-    return SubmitResult(plan, layout, sub)
+    return SubmitResult(plan, layout, sub, notes=notes)
 
 
 def attach_chain(layout: RunLayout, spec: Any, sub: Submission, previous: str | None = None) -> None:
