@@ -167,6 +167,31 @@ def cmd_score(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from hpcgen.errors import SiteCheckError
+    from hpcgen.login import doctor
+
+    job = None
+    if a.job:
+        from hpcgen.spec.loader import load_job
+
+        job = load_job(Path(a.job), a.overrides)
+    spec = doctor.doctor_spec(job, partition=a.partition, gpus=a.gpus)
+    run_root = Path(a.run_dir) if a.run_dir else Path.cwd() / "runs"
+    output = spec.data.output_path if job is not None else None
+    if output:
+        from hpcgen.spec.loader import expand_path
+
+        output = str(expand_path(output))
+    checks = doctor.run(spec, run_root=run_root, output_path=output, timeout=a.timeout,
+                        report=lambda c: print(c.line(), flush=True))
+    failed = [c.name for c in checks if c.ok is False]
+    if failed:
+        raise SiteCheckError(f"{len(failed)} check(s) failed: {', '.join(dict.fromkeys(failed))}")
+    _err(f"doctor: all {len([c for c in checks if c.ok])} checks passed")
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------------------
 
 
@@ -207,6 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.set_defaults(fn=cmd_cancel)
 
+    s = sub.add_parser("doctor", help="check this site before the first real run (one line per check)")
+    s.add_argument("job", nargs="?", help="job file whose partition, GPUs, setup and output path to check")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any key of the job")
+    s.add_argument("--partition", help="partition to check (default: the job's, else the cluster's default)")
+    s.add_argument("--gpus", type=int, help="GPUs per node for the test job (default: the job's, else 1 where "
+                   "the partition has GPUs)")
+    s.add_argument("--run-dir", help="where runs go: the test job's files are written there (default ./runs)")
+    s.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the test job (default 180)")
+    s.set_defaults(fn=cmd_doctor)
+
     s = sub.add_parser("score", help="grade merged answers: mean@n, pass@k, maj@k per data_source")
     s.add_argument("target", help="a run directory or a merged .parquet/.jsonl file")
     s.add_argument("--json", action="store_true")
@@ -220,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "submit":  # KEY=VALUE may come after options, as in verl
+    if args.command in ("submit", "doctor"):  # KEY=VALUE may come after options, as in verl
         args.overrides += [x for x in extra if "=" in x and not x.startswith("-")]
         extra = [x for x in extra if x not in args.overrides]
     if extra:

@@ -100,8 +100,12 @@ def stage_models(spec: JobSpec, *, download: bool = True) -> StagedModels:
     return out
 
 
+def _repo_dir(cache: Path, hub_id: str) -> Path:
+    return cache / f"models--{hub_id.replace('/', '--')}"
+
+
 def _blob_bytes(cache: Path, hub_id: str) -> int:
-    blobs = cache / f"models--{hub_id.replace('/', '--')}" / "blobs"
+    blobs = _repo_dir(cache, hub_id) / "blobs"
     try:
         return sum(f.stat().st_size for f in blobs.iterdir() if f.is_file())
     except OSError:
@@ -166,4 +170,10 @@ def stage(hub_id: str, requested: str, cache: Path, *, download: bool = True,
     except (LocalEntryNotFoundError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{key} {hub_id}@{sha}: download into {cache} failed: {first}") from None
+    if requested != sha:  # the cache's refs/<branch> (huggingface_hub's layout), so later offline lookups find it
+        from hpcgen.rundir.atomic import write_bytes
+
+        ref = _repo_dir(cache, hub_id) / "refs" / requested
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(ref, sha.encode())
     return Staged(hub_id, requested, sha, path, str(cache), max(0, _blob_bytes(cache, hub_id) - before), note)
