@@ -76,10 +76,9 @@ def part_table(rng, corpus: bytes, first: int, n: int):
 def build(rows: int, shards: int) -> Path:
     """Input parquet + run directory with every shard done; cached under the bench dir."""
     import numpy as np
-    import pyarrow.parquet as pq
 
     from hpcgen.login.plan import create_run_dir, make_plan
-    from hpcgen.rundir.parts import write_done
+    from hpcgen.rundir.parts import write_done, write_part
     from hpcgen.spec.loader import load_job
 
     root = common.BENCH_DIR / f"merge-{rows}-{shards}"
@@ -100,9 +99,7 @@ def build(rows: int, shards: int) -> Path:
         parts = []
         for seq, first in enumerate(range(lo, hi, PART_ROWS)):
             n = min(PART_ROWS, hi - first)
-            name = common.part_name(shard, seq, n)
-            pq.write_table(part_table(rng, corpus, first, n), layout.parts_dir / name.name)
-            parts.append(name)
+            parts.append(write_part(layout, shard, seq, "bench0", part_table(rng, corpus, first, n)))
         write_done(layout, shard, parts, 0, "bench")
     stamp.write_text("ok")
     return layout.root

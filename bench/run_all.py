@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
 SCRIPTS = {"worker": "bench_worker.py", "plan": "bench_plan.py", "status": "bench_status.py",
-           "merge": "bench_merge.py"}
+           "merge": "bench_merge.py", "fingerprint": "bench_fingerprint.py", "score": "bench_score.py"}
 
 
 def run(name: str) -> tuple[list[dict], float, int]:

@@ -242,12 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the test job (default 180)")
     s.set_defaults(fn=cmd_doctor)
 
-    s = sub.add_parser("score", help="grade merged answers: mean@n, pass@k, maj@k per data_source")
+    s = sub.add_parser("score", help="grade merged answers: mean@n ± se, pass@k, maj@k per data_source")
     s.add_argument("target", help="a run directory or a merged .parquet/.jsonl file")
     s.add_argument("--json", action="store_true")
     s.add_argument("--output", help="where to write the scores JSON")
-    s.add_argument("--per-sample", help="also write the input with a per-sample 'scores' column here")
+    s.add_argument("--per-sample", help="also write the input with per-sample 'scores' and 'extracted' here")
+    s.add_argument("--grader", help="verl (default: verl's default_compute_score rules) or math-verify "
+                   "(lenient); default score.grader of the job")
+    s.add_argument("--compare", action="store_true", help="grade with both graders, side by side")
     s.add_argument("--custom", help="custom scorer FILE.py[:FUNCTION] (verl's compute_score convention)")
+    s.add_argument("--workers", type=int, help="grading processes (default: automatic; 1: none)")
+    s.add_argument("--response-key", help="the responses column (default: the run's merge.response_key, "
+                   "else 'responses')")
     s.set_defaults(fn=cmd_score)
     return p
 

@@ -30,7 +30,7 @@ REPO = HERE.parent
 CLUSTER, PARTITION, NODES = "hpcgen", "gpu", ("n1", "n2")
 MARKER = "HPCGEN_CLUSTER_STATE"  # set in the env of every daemon we start: how we recognise ours
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-PACKAGES = ("slurm-wlm", "slurmdbd", "munge", "mariadb-server")
+PACKAGES = ("slurm-wlm", "slurmdbd", "munge", "mariadb-server", "bubblewrap")  # bwrap: the Apptainer stand-in
 GOOD = {"idle", "mix", "alloc", "comp"}  # sinfo %t of a responding, usable node
 DB_USER, DB_PASS, DB_NAME = "slurm", "hpcgen-dev", "slurm_acct_db"
 _Proc = subprocess.CompletedProcess[str]
@@ -117,7 +117,7 @@ def _wait(ok: Callable[[], object], timeout: float, what: str | Callable[[], str
 
 
 def _ensure_packages() -> None:
-    bins = ["slurmctld", "slurmd", "slurmdbd", "munged", "sacctmgr", "mariadb-install-db"]
+    bins = ["slurmctld", "slurmd", "slurmdbd", "munged", "sacctmgr", "mariadb-install-db", "bwrap"]
     if all(_which(b) for b in bins) and _which("mariadbd", "mysqld"):
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}

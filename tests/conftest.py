@@ -14,6 +14,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("HPCGEN_TEST_CACHE", REPO / ".cache"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# The machine's own site file (~/.config/hpcgen/site.yaml) must not change what tests submit: tests that want
+# one name it through HPCGEN_SITE themselves.
+os.environ["HPCGEN_SITE"] = "none"
 
 
 def need(ok: bool, what: str) -> None:

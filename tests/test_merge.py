@@ -95,7 +95,7 @@ def test_compact_ranges():
 def test_resume_invalidates_a_done_shard_whose_part_broke(tmp_path, small_dataset, fake_model):
     import json as _json
 
-    from hpcgen.login.ops import invalidate_bad_done
+    from hpcgen.rundir.parts import invalidate_bad_done
 
     run = make_run(tmp_path, small_dataset, fake_model)
     run_shards(run.root, [0, 1, 2], engine_factory=FakeEngine)

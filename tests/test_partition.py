@@ -162,9 +162,14 @@ def test_submit_refuses_before_sbatch_naming_the_key(cluster, tmp_path):
     assert err[-1] == ("hpcgen: error: slurm.cpus_per_task=8 does not fit partition gpu: its nodes have at most "
                        "4 CPUs (2 nodes with 4 CPUs, 8000 MB, 4 GPUs)"), err
     assert "Traceback" not in res.stderr and not run_dir.exists()
-    # the same request with cpus_per_gpu, and through --dry-run (SLURM's commands are here)
-    res = hpcgen("submit", str(job), "slurm.cpus_per_task=null", "slurm.cpus_per_gpu=6", "--dry-run", env=cluster.env)
+    # the same request with cpus_per_gpu; a dry run warns and still shows the script (it may be for elsewhere)
+    res = hpcgen("submit", str(job), "slurm.cpus_per_task=null", "slurm.cpus_per_gpu=6", "--run-dir", str(run_dir),
+                 env=cluster.env)
     assert res.returncode == 2 and "slurm.cpus_per_gpu=6 x 1 GPU(s) = 6 CPUs does not fit" in res.stderr
+    res = hpcgen("submit", str(job), "slurm.cpus_per_task=8", "--dry-run", env=cluster.env)
+    assert res.returncode == 0 and "#SBATCH --cpus-per-task=8" in res.stdout
+    assert ("warning: slurm.cpus_per_task=8 does not fit partition gpu: its nodes have at most 4 CPUs (2 nodes "
+            "with 4 CPUs, 8000 MB, 4 GPUs) (submit would refuse it on this cluster)") in res.stderr
     # a fitting request dry-runs; the local executor is never checked against the partition
     assert hpcgen("submit", str(job), "--dry-run", env=cluster.env).returncode == 0
     res = hpcgen("submit", str(job), "slurm.cpus_per_task=8", "--dry-run", "--executor", "local", env=cluster.env)

@@ -31,7 +31,8 @@ def slurm_run(cluster, tiny_model, e2e_data, tmp_path_factory) -> dict:
     """One array run: 4 shards, 2 per task (2 tasks), n_samples=2; status polled while it runs."""
     work = tmp_path_factory.mktemp("slurm-run")
     job = write_job(work / "job.yaml", data=e2e_data, model=tiny_model,
-                    sharding={"num_shards": 4, "shards_per_task": 2}, score={"after_merge": True})
+                    sharding={"num_shards": 4, "shards_per_task": 2},
+                    score={"after_merge": True, "grader": "math-verify"})
     run_dir = work / "run"
     res = hpcgen("submit", str(job), "--run-dir", str(run_dir))
     assert res.returncode == 0, res.stderr
@@ -64,8 +65,9 @@ def test_merge_and_score_chained_after_the_array(slurm_run):
         time.sleep(2)
     assert "hpcgen-merge|COMPLETED" in deps
     scores = json.loads((slurm_run["run_dir"] / "scores.json").read_text())
+    assert scores["grader"] == "math-verify"  # the job's score.grader, not the default
     assert scores["overall"]["rows"] == 100 and scores["overall"]["errors"] == 1
-    assert {"mean", "pass@1", "pass@2", "maj@2"} <= set(scores["overall"])
+    assert {"mean", "mean_se", "mean_ci95", "pass@1", "pass@2", "maj@2"} <= set(scores["overall"])
     assert set(scores["by_data_source"]) == {"openai/gsm8k", "DigitalLearningGmbH/MATH-lighteval"}
     res = hpcgen("score", str(slurm_run["run_dir"]), "--json")
     assert res.returncode == 0, res.stderr

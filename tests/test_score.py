@@ -1,9 +1,11 @@
-"""Scoring: answer extraction, verl-compatible scorers, pass@k/maj@k aggregation, file I/O."""
+"""Scoring: the math-verify (lenient) grader, pass@k/maj@k aggregation, file I/O, custom scorers, the table.
+The verl grader is in test_score_verl.py, its fidelity to verl's own code in test_score_fidelity.py."""
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -13,21 +15,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from hpcgen.errors import ScoreError
-from hpcgen.scoring.metrics import maj_curve, pass_curve
-from hpcgen.scoring.score import (
-    compute_score,
-    format_table,
-    gsm8k_extract,
-    last_boxed,
-    math_extract,
-    pass_at_k,
-    score_file,
-    write_report,
-)
-from hpcgen.scoring.scorers import Sample
+from hpcgen.scoring.lenient import compute_score, gsm8k_extract, last_boxed, math_extract
+from hpcgen.scoring.metrics import maj_curve, pass_at_k, pass_curve
+from hpcgen.scoring.samples import Sample
+from hpcgen.scoring.score import format_table, write_report
+from hpcgen.scoring.score import score_file as _score_file
 
 GSM = "openai/gsm8k"
 MATH = "DigitalLearningGmbH/MATH-lighteval"
+
+
+def score_file(path, **kw):
+    """These tests' expected numbers are the lenient grader's."""
+    kw.setdefault("grader", "math-verify")
+    return _score_file(path, **kw)
 
 # ------------------------------------------------------------------------------------------------ GSM8K
 
@@ -138,7 +139,8 @@ def test_unknown_data_source_names_it_and_the_options():
     with pytest.raises(ScoreError) as info:
         compute_score("some/code-benchmark", "x", "y")
     msg = str(info.value)
-    assert "some/code-benchmark" in msg and "gsm8k" in msg and "math" in msg and "custom" in msg
+    assert "some/code-benchmark" in msg and "gsm8k" in msg and "math" in msg and "--custom" in msg
+    assert "--grader verl" in msg
 
 
 # -------------------------------------------------------------------------------------------- estimators
@@ -205,10 +207,20 @@ ROWS = [
     ),
     (MATH, "3", [], "CUDA out of memory"),
 ]
+
+
+def bars(row_means):
+    """mean_se and mean_ci95 computed independently: stdev (ddof=1) / sqrt(rows), mean +- 1.96 se."""
+    se = statistics.stdev(row_means) / math.sqrt(len(row_means))
+    mean = statistics.fmean(row_means)
+    return {"mean_se": se, "mean_ci95": [mean - 1.959964 * se, mean + 1.959964 * se]}
+
+
 EXPECTED_GSM = {
     "rows": 2,
     "n": 4,
     "mean": 0.5,
+    **bars([0.75, 0.25]),
     "pass@1": 0.5,
     "pass@2": 0.75,
     "pass@3": 0.875,
@@ -223,6 +235,7 @@ EXPECTED_MATH = {
     "rows": 2,
     "n": 4,
     "mean": 0.25,
+    **bars([0.5, 0.0]),
     "pass@1": 0.25,
     "pass@2": 5 / 12,
     "pass@3": 0.5,
@@ -237,6 +250,7 @@ EXPECTED_OVERALL = {
     "rows": 4,
     "n": 4,
     "mean": 0.375,
+    **bars([0.75, 0.25, 0.5, 0.0]),
     "pass@1": 1.5 / 4,
     "pass@2": (1 + 0.5 + 5 / 6) / 4,
     "pass@3": 2.75 / 4,
@@ -290,17 +304,21 @@ def write_jsonl(path: Path, records) -> Path:
 
 
 def assert_metrics(got: dict, expected: dict) -> None:
+    got = {k: v for k, v in got.items() if k != "rules"}
     assert list(got) == list(expected)  # exactly these keys, in this order
     for key, value in expected.items():
-        assert got[key] == pytest.approx(value, abs=1e-12), key
+        assert got[key] == pytest.approx(value, abs=1e-6 if key == "mean_ci95" else 1e-12), key
 
 
 def test_score_file_parquet_end_to_end(tmp_path):
     src = write_parquet(tmp_path / "merged.parquet", verl_records())
     report = score_file(src)
     assert report["input"] == str(src)
-    assert list(report) == ["overall", "by_data_source", "input"]
+    assert list(report) == ["grader", "overall", "by_data_source", "input"]
+    assert report["grader"] == "math-verify"
     assert sorted(report["by_data_source"]) == sorted([GSM, MATH])
+    assert report["by_data_source"][GSM]["rules"].startswith("math-verify gsm8k")
+    assert report["by_data_source"][MATH]["rules"].startswith("math-verify math")
     assert_metrics(report["by_data_source"][GSM], EXPECTED_GSM)
     assert_metrics(report["by_data_source"][MATH], EXPECTED_MATH)
     assert_metrics(report["overall"], EXPECTED_OVERALL)
@@ -374,7 +392,8 @@ def test_failed_row_counts_as_error_and_scores_zero(tmp_path):
 def test_all_rows_failed(tmp_path):
     rows = [(GSM, "7", [], "oom"), (GSM, "7", [], "oom")]
     report = score_file(write_parquet(tmp_path / "m.parquet", verl_records(rows)))
-    assert report["overall"] == {"rows": 2, "n": 0, "mean": 0.0, "errors": 2}
+    assert report["overall"] == {"rows": 2, "n": 0, "mean": 0.0, "mean_se": 0.0, "mean_ci95": [0.0, 0.0],
+                                 "errors": 2}
 
 
 def test_rows_with_different_n_use_their_own_n(tmp_path):

@@ -20,15 +20,20 @@ def merge_and_score(run_dir: str) -> dict[str, Any]:
     """Runs inside the dependent job."""
     from hpcgen.login.merge import merge_run
     from hpcgen.rundir.manifest import load_manifest
+    from hpcgen.scoring.command import merged_keys
     from hpcgen.scoring.score import score_file, write_report
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     layout = RunLayout(Path(run_dir))
     res = merge_run(layout.root)
-    settings = load_manifest(layout.root)["job"].get("score", {})
+    job = load_manifest(layout.root)["job"]
+    settings = job.get("score", {})
     custom = settings.get("custom_path")
-    report = score_file(Path(res.output), custom_path=Path(custom) if custom else None,
-                        custom_name=settings.get("custom_name") or "compute_score")
+    response_key, gen_error_key = merged_keys(job)
+    report = score_file(Path(res.output), grader=settings.get("grader") or "verl",
+                        custom_path=Path(custom) if custom else None,
+                        custom_name=settings.get("custom_name") or "compute_score", progress=False,
+                        response_key=response_key, gen_error_key=gen_error_key)
     write_report(report, layout.scores)
     log.info("merged %d rows into %s; scores in %s", res.rows, res.output, layout.scores)
     return {"output": res.output, "scores": str(layout.scores), "overall": report["overall"]}

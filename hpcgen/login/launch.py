@@ -50,7 +50,7 @@ def slurm_parameters(spec: JobSpec) -> dict[str, Any]:
 def _task_env_lines(spec: JobSpec) -> list[str]:
     import shlex
 
-    return [f"export {k}={shlex.quote(v)}" for k, v in sorted(spec.env.items())]
+    return [f"export {k}={shlex.quote(v)}" for k, v in sorted(spec.task_env().items())]
 
 
 def make_executor(kind: str, layout: RunLayout, spec: JobSpec) -> Any:
@@ -61,10 +61,14 @@ def make_executor(kind: str, layout: RunLayout, spec: JobSpec) -> Any:
         local.update_parameters(timeout_min=spec.slurm.local_timeout_min, gpus_per_node=0,
                                 signal_delay_s=spec.slurm.signal_delay_s)
         return local
+    params = slurm_parameters(spec)
     python = spec.slurm.python or sys.executable
+    if spec.slurm.container is not None:
+        from hpcgen.login import container
+
+        python = container.apply(params, spec, layout.root)
     ex = submitit.SlurmExecutor(folder=str(layout.logs_dir / "%j"), max_num_timeout=spec.slurm.max_requeues,
                                 python=python)
-    params = slurm_parameters(spec)
     params["setup"] = params["setup"] + _task_env_lines(spec)
     ex.update_parameters(**params)
     return ex
@@ -74,11 +78,18 @@ def dry_run_text(layout: RunLayout, spec: JobSpec, n_tasks: int) -> str:
     """The exact sbatch script submitit would write for this array (first chunk if it is split)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
+    from hpcgen.login import container
+
     ex = make_executor("slurm", layout, spec)
     chunk = min(n_tasks, max_array_size())
     params = dict(ex.parameters)
-    return _make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder,
-                               map_count=chunk if n_tasks > 1 else None, **params)
+    notes = container.describe(spec, layout.root)
+    if spec.rollout.batch_invariant:
+        notes.append("# rollout.batch_invariant: vLLM's batch-invariant mode, set by 'export VLLM_BATCH_INVARIANT=1' "
+                     "below (and in the task before vLLM starts); GPU builds only")
+    script = _make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder,
+                                 map_count=chunk if n_tasks > 1 else None, **params)
+    return "\n".join([*notes, script])
 
 
 @dataclass

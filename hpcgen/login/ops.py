@@ -4,7 +4,6 @@ no printing (the CLI does that), no torch, no vllm.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,13 +13,15 @@ from typing import Any
 from hpcgen.errors import RunDirError, ShardFailedError, UserError
 from hpcgen.login.launch import Submission, annotate_submission, cancel_jobs, dry_run_text, submit_groups
 from hpcgen.login.merge import compact_ranges
-from hpcgen.login.plan import Plan, create_run_dir, inspect_dataset, make_plan, model_fingerprint, task_groups
+from hpcgen.login.plan import Plan, create_run_dir, inspect_dataset, make_plan, task_groups
 from hpcgen.login.state import RunState, collect, latest_jobs
 from hpcgen.rundir import atomic
+from hpcgen.rundir.fingerprint import changed_inputs
 from hpcgen.rundir.layout import RunLayout
 from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
-from hpcgen.rundir.parts import verify_done
-from hpcgen.spec.loader import load_job
+from hpcgen.rundir.parts import invalidate_bad_done
+from hpcgen.spec.loader import describe_sources, load_job_traced
+from hpcgen.spec.site import load_site, site_path
 
 
 @dataclass
@@ -38,17 +39,22 @@ def default_run_dir(job_file: Path) -> Path:
 
 def submit(job_file: Path, overrides: list[str], *, run_dir: Path | None = None, executor: str = "slurm",
            dry_run: bool = False) -> SubmitResult:
-    spec = load_job(job_file, overrides)
+    site_file, how = site_path()
+    spec, sources = load_job_traced(job_file, overrides, site=load_site(site_file) if site_file else None)
     plan = make_plan(spec, job_file=str(job_file.resolve()), overrides=overrides, download=not dry_run)
     layout = RunLayout(run_dir or default_run_dir(job_file))
     notes = list(plan.notes)
     if executor == "slurm":  # the request against the partition's nodes, before sbatch refuses it unexplained
         from hpcgen.login.partition import check_before_queueing
 
-        if note := check_before_queueing(plan.spec):
+        if note := check_before_queueing(plan.spec, dry_run=dry_run):
             notes.append(note)
     if dry_run:
-        return SubmitResult(plan, layout, None, dry_run_text(layout, plan.spec, len(plan.tasks)), notes)
+        settings = [f"# site file: {site_file} ({how})" if site_file else f"# site file: {how}",
+                    "# settings (presets < site file < job file < command line; built-in defaults not listed):",
+                    *describe_sources(sources)]
+        return SubmitResult(plan, layout, None,
+                            "\n".join(settings) + "\n" + dry_run_text(layout, plan.spec, len(plan.tasks)), notes)
     layout = create_run_dir(layout.root, plan.manifest)
     sub = submit_groups(layout, plan.spec, plan.tasks, executor=executor, kind="submit",
                         extra={"rows_done_at_submit": 0})
@@ -77,26 +83,9 @@ def check_unchanged(manifest: dict[str, Any]) -> None:
     if now.fingerprint != ds["fingerprint"] or now.rows != ds["rows"]:
         raise RunDirError(f"cannot resume: dataset {ds['path']} changed since the plan "
                           f"(rows {ds['rows']} -> {now.rows}, fingerprint differs)")
-    model = manifest["job"]["model"]["path"]
-    if os.path.exists(model) and model_fingerprint(model) != manifest["model_fingerprint"]:
-        raise RunDirError(f"cannot resume: model {model} changed since the plan (config or weight files differ)")
-
-
-def invalidate_bad_done(layout: RunLayout, manifest: dict[str, Any]) -> list[int]:
-    """Done shards whose parts no longer verify lose their marker (kept aside) so they are regenerated."""
-    from hpcgen.rundir.parts import valid_parts
-
-    bad = []
-    n = manifest["job"]["data"]["n_samples"]
-    for shard in sorted(layout.list_done()):
-        table, problem = verify_done(layout, shard, tuple(manifest["shards"][shard]), n)
-        if table is None:
-            marker = layout.done(shard)
-            os.replace(marker, marker.with_name(marker.name + f".invalid.{int(time.time())}"))
-            # parts that no longer read back are moved aside now; the worker re-validates the rest
-            valid_parts(layout, shard, layout.list_parts().get(shard, []), tuple(manifest["shards"][shard]))
-            bad.append(shard)
-    return bad
+    problem = changed_inputs(manifest)
+    if problem:
+        raise RunDirError(f"cannot resume: {problem}; its answers would mix with the earlier ones: start a new run")
 
 
 def resume(run_dir: Path, *, executor: str | None = None) -> tuple[Submission | None, RunState, list[int]]:

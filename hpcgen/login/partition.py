@@ -293,9 +293,10 @@ def _fits(spec: JobSpec, part: Partition) -> None:
                           f"({part.max_time_min} min)")
 
 
-def check_before_queueing(spec: JobSpec) -> str | None:
-    """``submit``'s pre-queue check. Returns a note (for stderr) when it could not run, None when it passed;
-    raises ConfigError naming the key that does not fit."""
+def check_before_queueing(spec: JobSpec, *, dry_run: bool = False) -> str | None:
+    """``submit``'s pre-queue check: raises ConfigError naming the key that does not fit (a dry run gets it
+    as a warning and still shows the script, which may be meant for another cluster). Returns a note for
+    stderr when the check could not run or warned, None when it passed."""
     if not have_slurm_clients() or shutil.which("sbatch") is None:
         return "note: SLURM's commands (scontrol, sbatch) are not on PATH: the request was not checked " \
                "against the partition's nodes"
@@ -303,5 +304,10 @@ def check_before_queueing(spec: JobSpec) -> str | None:
         cluster = read_cluster()
     except SchedulerError as exc:
         return f"note: the partition's limits could not be read ({exc}); the request was not checked"
-    check_request(spec, cluster)
+    try:
+        check_request(spec, cluster)
+    except ConfigError as exc:
+        if not dry_run:
+            raise
+        return f"warning: {exc} (submit would refuse it on this cluster)"
     return None

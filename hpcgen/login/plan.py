@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcgen import __version__
 from hpcgen.errors import DatasetError, ModelError, RunDirError
+from hpcgen.login.merge_input import KindCheck, check_names, output_format
 from hpcgen.login.staging import is_hub_id, stage_models
 from hpcgen.rundir import atomic
+from hpcgen.rundir.fingerprint import dataset_sample, model_fingerprint
 from hpcgen.rundir.layout import FORMAT, RunLayout, check_writable
 from hpcgen.spec.loader import expand_path
 from hpcgen.spec.schema import JobSpec
@@ -52,14 +55,16 @@ def dataset_format(path: Path) -> str:
     raise DatasetError(f"data.path {path}: unsupported format (use .parquet or .jsonl)")
 
 
-def inspect_dataset(path: Path, prompt_key: str, *, shard_starts_for: int | None = None) -> DatasetInfo:
-    """Row count, columns and a content fingerprint; checks that ``prompt_key`` is a column."""
+def inspect_dataset(path: Path, prompt_key: str, *, parquet_output: bool = False) -> DatasetInfo:
+    """Row count, columns and a content fingerprint; checks that ``prompt_key`` is a column (and, for JSON lines
+    merged into parquet, that every key has one type)."""
     if not path.exists():
         raise DatasetError(f"data.path {path} does not exist")
     if not path.is_file():
         raise DatasetError(f"data.path {path} is not a file")
     fmt = dataset_format(path)
-    info = _inspect_parquet(path) if fmt == "parquet" else _inspect_jsonl(path, prompt_key)
+    kinds = KindCheck(str(path)) if parquet_output else None
+    info = _inspect_parquet(path) if fmt == "parquet" else _inspect_jsonl(path, prompt_key, kinds)
     if info.rows == 0:
         raise DatasetError(f"data.path {path} has no rows")
     if prompt_key not in info.columns:
@@ -87,10 +92,12 @@ def _inspect_parquet(path: Path) -> DatasetInfo:
     return DatasetInfo(str(path), "parquet", pf.metadata.num_rows, size, digest, list(pf.schema_arrow.names))
 
 
-def _inspect_jsonl(path: Path, prompt_key: str) -> DatasetInfo:
+def _inspect_jsonl(path: Path, prompt_key: str, kinds: KindCheck | None = None) -> DatasetInfo:
+    """One streaming pass: line offsets, UTF-8 and JSON checks, the union of every row's keys (in order of
+    first appearance) and, for a parquet output, one type per key."""
     h = hashlib.sha256()
     offsets: list[int] = []
-    columns: list[str] = []
+    columns: dict[str, None] = {}
     pos = 0
     with open(path, "rb") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -104,13 +111,16 @@ def _inspect_jsonl(path: Path, prompt_key: str) -> DatasetInfo:
                     raise DatasetError(f"data.path {path} line {lineno}: not JSON ({exc.msg})") from None
                 if not isinstance(obj, dict):
                     raise DatasetError(f"data.path {path} line {lineno}: a row must be a JSON object")
-                if not columns:
-                    columns = list(obj)
-                elif prompt_key not in obj and prompt_key in columns:
+                if columns and prompt_key not in obj and prompt_key in columns:
                     raise DatasetError(f"data.path {path} line {lineno}: no '{prompt_key}' key")
+                for key in obj:
+                    if key not in columns:
+                        columns[key] = None
+                if kinds is not None:
+                    kinds.add(obj, lineno)
                 offsets.append(pos)
             pos += len(line)
-    return DatasetInfo(str(path), "jsonl", len(offsets), pos, h.hexdigest(), columns, offsets)
+    return DatasetInfo(str(path), "jsonl", len(offsets), pos, h.hexdigest(), list(columns), offsets)
 
 
 def check_model(model_path: str, tokenizer_path: str | None = None) -> str:
@@ -128,17 +138,6 @@ def check_model(model_path: str, tokenizer_path: str | None = None) -> str:
     if not any((tok / f).is_file() for f in _TOKENIZER_FILES):
         raise ModelError(f"model.path {tok} has no tokenizer (tokenizer.json / tokenizer_config.json)")
     return str(p)
-
-
-def model_fingerprint(model_path: str) -> str:
-    p = Path(model_path)
-    if not p.is_dir():
-        return "hub:" + model_path
-    h = hashlib.sha256((p / "config.json").read_bytes())
-    for f in sorted(p.iterdir()):
-        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".model"):
-            h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return h.hexdigest()
 
 
 def shard_ranges(rows: int, num_shards: int | None, rows_per_shard: int | None) -> list[tuple[int, int]]:
@@ -171,12 +170,14 @@ def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str], down
     """Validate everything the login node can check and build the manifest (nothing written yet).
     A hub-id model is staged first (``download=False``, as in a dry run: only found in the cache)."""
     data_path = expand_path(spec.data.path)
-    dataset = inspect_dataset(data_path, spec.data.prompt_key)
+    output = str(expand_path(spec.data.output_path)) if spec.data.output_path else ""
+    out_fmt = output_format(Path(output)) if output else "parquet"
+    dataset = inspect_dataset(data_path, spec.data.prompt_key, parquet_output=out_fmt == "parquet")
+    check_names(dataset.columns, spec.merge.model_dump(), spec.merge.metadata, f"data.path {data_path}")
     staged = stage_models(spec, download=download)
     model_path = check_model(staged.model_path, staged.tokenizer_path)
     shards = shard_ranges(dataset.rows, spec.sharding.num_shards, spec.sharding.rows_per_shard)
     tasks = task_groups(len(shards), spec.sharding.shards_per_task)
-    output = str(expand_path(spec.data.output_path)) if spec.data.output_path else ""
     if output:
         check_writable(Path(output), "data.output_path")
     resolved = spec.model_copy(deep=True)
@@ -188,13 +189,14 @@ def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str], down
     offsets = [dataset.line_offsets[s] for s, _ in shards] if dataset.format == "jsonl" else []
     manifest = {
         "format": FORMAT,
+        "hpcgen_version": __version__,
         "run_id": uuid.uuid4().hex,
         "created": time.time(),
         "job_file": job_file,
         "overrides": overrides,
         "job": resolved.model_dump(mode="json"),
         "generation": resolved.generation_settings(),
-        "dataset": dataset.to_dict(),
+        "dataset": {**dataset.to_dict(), "sample": dataset_sample(str(data_path))},
         "model_fingerprint": model_fingerprint(model_path),
         "shards": [list(s) for s in shards],
         "jsonl_offsets": offsets,

