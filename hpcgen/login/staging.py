@@ -117,7 +117,7 @@ def stage(hub_id: str, requested: str, cache: Path, *, download: bool = True,
     """Pin ``hub_id@requested`` to a commit and make sure its snapshot is complete in ``cache``."""
     try:
         from huggingface_hub import HfApi, snapshot_download
-        from huggingface_hub.errors import (
+        from huggingface_hub.utils import (  # where 0.24 and 2.x both export them
             LocalEntryNotFoundError,
             RepositoryNotFoundError,
             RevisionNotFoundError,
