@@ -13,6 +13,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -184,6 +185,14 @@ def _queue_state(job_id: str) -> tuple[str, str] | None:
     return state, reason
 
 
+def _telling(lines: list[str]) -> str:
+    """The line of a job's error log that says why: the last exception line, else the last line that is not
+    srun's own epilogue ('srun: error: n1: task 0: Exited with exit code 1')."""
+    exc = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*:", ln.strip())]
+    own = [ln for ln in lines if not ln.startswith(("srun:", "slurmstepd:"))]
+    return (exc or own or lines)[-1].strip()
+
+
 def _sacct_state(job_id: str) -> str | None:
     res = _slurm(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode"])
     lines = res.stdout.strip().splitlines() if res.returncode == 0 else []
@@ -236,7 +245,7 @@ def run_probe(d: Doctor, folder: Path) -> tuple[str | None, list[dict[str, Any]]
             err = [ln for p in logs if p.suffix == ".err" for ln in p.read_text(errors="replace").splitlines()
                    if ln.strip()]
             d.add("test job", False, f"job {job_id} ended ({state}) without a result: "
-                  f"{err[-1] if err else 'see ' + str(logs[0])}",
+                  f"{_telling(err) if err else 'see ' + str(logs[0])}",
                   "the job's python cannot run 'python -m hpcgen.task.probe': install hpcgen where the job runs "
                   f"(slurm.python, slurm.setup or the container); logs in {folder}")
             d.add("shared filesystem", True, f"the job wrote its log into {folder}")
