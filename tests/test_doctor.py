@@ -179,6 +179,6 @@ def test_a_job_environment_without_hpcgen_is_named(cluster, tmp_path, job):
                   env=cluster.env)
     assert res.returncode == 7, res.stdout + res.stderr
     lines = _lines(res.stdout)
-    assert lines["test job"] == ["FAIL"] and "No module named hpcgen" in res.stdout, res.stdout
+    assert lines["test job"] == ["FAIL"] and "No module named 'hpcgen'" in res.stdout, res.stdout
     assert "install hpcgen where the job runs" in res.stdout
     assert lines["shared filesystem"] == ["PASS"]  # its log reached the run directory
