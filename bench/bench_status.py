@@ -6,6 +6,8 @@ Figures: seconds for ``hpcgen.login.state.collect`` and for ``hpcgen status RUN 
 sacct calls per status (goal <= 1, counted by a PATH shim).
 
 Part files are hard links to one tiny real part (PART_SCHEMA): status lists names, it never reads parts.
+Each started shard has its task's progress record (rundir.progress, as the worker writes it): status reads
+those 7,500 small files for elapsed time, rates, GPU-hours and tokens.
 
     python bench/bench_status.py [--shards 10000] [--repeat 3]
 """
@@ -71,6 +73,7 @@ def build_run(root: Path, shards: int) -> tuple[Path, list[str]]:
             "model": {"path": str(common.tiny_model())}, "sharding": {"num_shards": shards}}
     plan = make_plan(load_job(None, [], data=data), job_file=None, overrides=[])
     layout = create_run_dir(root / "run", plan.manifest)
+    layout.progress_dir.mkdir(exist_ok=True)
     arrays = held_arrays(shards, max_array_size(), root)
     chunk = max_array_size()
     jobs = {s: f"{arrays[s // chunk]}_{s % chunk}" for s in range(shards)}
@@ -92,6 +95,17 @@ def build_run(root: Path, shards: int) -> tuple[Path, list[str]]:
             os.link(proto, layout.parts_dir / p.name)
         layout.attempt(s, jid).write_text(json.dumps({"shard": s, "job_id": jid, "host": "n1", "pid": 1,
                                                       "started": time.time() - 600, "error": None}))
+        # the task's progress record, as the worker writes it at each flush (status reads these, not parts)
+        rows_done = sum(rows)
+        now = time.time()
+        counts = {"rows": rows_done, "samples": 4 * rows_done, "output_tokens": 400 * rows_done, "length": 3,
+                  "errors": 0}
+        layout.progress(jid).write_text(json.dumps({
+            "format": "hpcgen-progress/1", "job_id": jid, "host": "n1", "pid": 1, "gpus": 8,
+            "started": now - 600, "updated": now - 5, "ended": now - 5 if s < done_n else None, "error": None,
+            **counts, "shards": {str(s): {**counts, "first": now - 590, "last": now - 5}},
+            "recent": [[now - 5 - 60 * k, rows_done - k, 400 * (rows_done - k)] for k in range(8)][::-1]},
+            separators=(",", ":")))
         if s < done_n:
             layout.done(s).write_text(json.dumps({
                 "shard": s, "rows": end - start, "errors": 0, "job_id": jid, "finished": time.time(),
@@ -119,20 +133,24 @@ def main() -> None:
     # the accounting database learns of the cancellations within a second or two
     time.sleep(3)
     sacct_log = common.make_shim(root / "shims", "sacct")
+    squeue_log = common.make_shim(root / "shims", "squeue")
     env = {"PATH": f"{root / 'shims'}:{os.environ['PATH']}"}
 
     col, cli = [], []
     for _ in range(a.repeat):
         sacct_log.write_text("")
+        squeue_log.write_text("")
         r = common.child_json(common.run_measured([common.PY, __file__, "--child", str(run_dir)], env=env))
         r["shim_calls"] = len(common.shim_calls(sacct_log))
+        r["squeue_calls"] = len(common.shim_calls(squeue_log))
         col.append(r)
         sacct_log.write_text("")
+        squeue_log.write_text("")
         res = common.run_measured([str(Path(sys.executable).parent / "hpcgen"), "status", str(run_dir), "--json"],
                                   env=env)
         st = json.loads(res["stdout"])
         cli.append({"wall_s": res["wall_s"], "shim_calls": len(common.shim_calls(sacct_log)),
-                    "counts": st["counts"]})
+                    "squeue_calls": len(common.shim_calls(squeue_log)), "counts": st["counts"]})
     best_col = min(r["collect_s"] for r in col)
     best_cli = min(r["wall_s"] for r in cli)
     common.report(B, f"state.collect over {a.shards:,} shards (best of {a.repeat})", best_col, "s", "< 1 s",
@@ -144,6 +162,12 @@ def main() -> None:
     calls = max(r["shim_calls"] for r in col + cli)
     common.report(B, "sacct calls per status", calls, "", "<= 1", calls <= 1,
                   note=f"state.sacct_calls={col[0]['sacct_calls']}")
+    calls = max(r["squeue_calls"] for r in col + cli)
+    common.report(B, "squeue calls per status", calls, "", "<= 1", calls <= 1)
+    helps = [common.run_measured([str(Path(sys.executable).parent / "hpcgen"), "--help"])["wall_s"]
+             for _ in range(a.repeat)]
+    common.report(B, f"hpcgen --help wall (best of {a.repeat})", min(helps), "s", "< 1 s", min(helps) < 1,
+                  note="runs: " + ", ".join(f"{x:.3f}" for x in helps))
     common.report(B, "shard states seen", json.dumps(cli[0]["counts"], sort_keys=True), "", "info",
                   note="expected done 5000; the rest cancelled (their arrays were cancelled)")
     left = common.wait_gone(arrays)

@@ -23,7 +23,8 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
 SCRIPTS = {"worker": "bench_worker.py", "plan": "bench_plan.py", "status": "bench_status.py",
-           "merge": "bench_merge.py", "fingerprint": "bench_fingerprint.py", "score": "bench_score.py"}
+           "merge": "bench_merge.py", "fingerprint": "bench_fingerprint.py", "score": "bench_score.py",
+           "prompts": "bench_prompts.py"}
 
 
 def run(name: str) -> tuple[list[dict], float, int]:

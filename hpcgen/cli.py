@@ -26,18 +26,10 @@ def _console(stderr: bool = False) -> Any:
                    soft_wrap=False, highlight=False)
 
 
-def _fmt_secs(s: float | None) -> str:
-    if s is None:
-        return "-"
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 def _summary_line(state: Any) -> str:
-    counts = " ".join(f"{k}={v}" for k, v in sorted(state.counts.items()))
-    rate = f"{state.rows_per_second:.2f} rows/s" if state.rows_per_second else "- rows/s"
-    return (f"{state.rows_done}/{state.rows_total} rows, {len(state.shards)} shards ({counts}), {rate}, "
-            f"ETA {_fmt_secs(state.eta_seconds)}")
+    from hpcgen.login.watch import summary_line
+
+    return summary_line(state)
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -60,16 +52,19 @@ def cmd_submit(a: argparse.Namespace) -> int:
         for line in sizing_advice(p.spec, sizes):
             _err(line)
         print(f"# run directory (not created): {res.layout.root}")
-        print(f"# array tasks: {len(p.tasks)}; cap {p.spec.slurm.array_parallelism} at once")
+        if a.executor == "slurm":
+            print(f"# array tasks: {len(p.tasks)}; cap {p.spec.slurm.array_parallelism} at once")
         print(res.dry_run)
         return 0
     sub = res.submission
     assert sub is not None  # noqa: S101 - internal invariant
     _err(f"queued {len(p.tasks)} tasks with {sub.sbatch_calls} submission(s) ({sub.executor}): "
          f"{', '.join(sub.arrays)}")
-    if a.wait:
-        _wait(res.layout.root)
-    print(res.layout.root)
+    try:
+        if a.wait:
+            _wait(res.layout.root)
+    finally:  # the last stdout line is the run directory, also when --wait ends in a failure
+        print(res.layout.root, flush=True)
     return 0
 
 
@@ -91,6 +86,14 @@ def cmd_status(a: argparse.Namespace) -> int:
     from hpcgen.login.state import collect
     from hpcgen.rundir.manifest import load_manifest
 
+    if a.watch:
+        from hpcgen.login.watch import check_interval, watch
+
+        check_interval(a.interval)
+        tty = sys.stdout.isatty() and not a.json
+        watch(Path(a.run_dir), interval=a.interval, tty=tty, console=_console() if tty else None,
+              out=lambda line: print(line, flush=True))
+        return 0
     state = collect(Path(a.run_dir), load_manifest(Path(a.run_dir)))
     if a.json:
         print(json.dumps(state.to_dict()))
@@ -100,10 +103,10 @@ def cmd_status(a: argparse.Namespace) -> int:
 
     shown = [s for s in state.shards if a.all or s.state != "done"][: None if a.all else 50]
     table = Table()
-    for col in ("shard", "state", "rows", "job", "attempts", "last error / log"):
+    for col in ("shard", "state", "rows", "job", "attempts", "last error"):
         table.add_column(col)
     for s in shown:
-        note = f"{s.last_error or ''} ({s.log})" if s.state in ("failed", "cancelled") else ""
+        note = (s.last_error or "") if s.state in ("failed", "cancelled") else (s.reason or "")
         table.add_row(str(s.id), s.state, f"{s.rows_done}/{s.rows_total}", s.job_id or "-", str(s.attempts),
                       escape(note))
     con = _console()
@@ -115,7 +118,57 @@ def cmd_status(a: argparse.Namespace) -> int:
     hidden = len([s for s in state.shards if a.all or s.state != "done"]) - len(shown)
     if hidden > 0:
         con.print(f"... {hidden} more shards not shown (--all)")
+    bad = [s for s in shown if s.logs_command]
+    for s in bad[:10]:
+        con.print(escape(f"shard {s.id} {s.state}, its log: {s.logs_command}"), soft_wrap=True)
+    if len(bad) > 10:
+        con.print(f"... and {len(bad) - 10} more failed shards (hpcgen logs RUN SHARD --err)")
     con.print(_summary_line(state))
+    return 0
+
+
+def cmd_logs(a: argparse.Namespace) -> int:
+    from hpcgen.login import logs
+    from hpcgen.login.state import collect
+    from hpcgen.rundir.layout import RunLayout
+    from hpcgen.rundir.manifest import load_manifest
+
+    run_dir = Path(a.run_dir)
+    manifest = load_manifest(run_dir)
+    layout = RunLayout(run_dir)
+    failed: list[int] = []
+    if a.shard is None:
+        failed = collect(run_dir, manifest).shards_in("failed", "cancelled")
+    shard = logs.pick_shard(layout, manifest, a.shard, failed)
+    attempts = logs.shard_attempts(layout, shard)
+    att = logs.pick_attempt(attempts, shard, a.attempt)
+    path = layout.log(att.job_id, err=a.err)
+    _err(f"shard {shard}, attempt {att.number} of {len(attempts)} (job {att.job_id}"
+         f"{', restart ' + str(att.restart) if att.restart else ''}): {path}")
+    try:
+        pos = logs.print_log(layout, attempts, att, err=a.err)
+    except HpcgenError:
+        if not a.follow:
+            raise
+        _err(f"waiting for {path} to appear")
+        pos = 0
+    if a.follow:
+        def running() -> bool:
+            st = collect(run_dir, manifest)
+            return st.shards[shard].state in ("pending", "running")
+
+        try:
+            logs.follow(path, running, pos=pos)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from hpcgen.login.report import write_report
+
+    out = write_report(Path(a.run_dir), Path(a.output) if a.output else None)
+    print(out)
     return 0
 
 
@@ -129,9 +182,11 @@ def cmd_resume(a: argparse.Namespace) -> int:
         _err(f"nothing to resume: {_summary_line(state)}")
     else:
         _err(f"resubmitted {len(sub.jobs)} shard(s) as {', '.join(sub.arrays)} ({sub.executor})")
-        if a.wait:
+    try:
+        if sub is not None and a.wait:
             _wait(Path(a.run_dir))
-    print(Path(a.run_dir).resolve())
+    finally:
+        print(Path(a.run_dir).resolve(), flush=True)
     return 0
 
 
@@ -214,7 +269,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("--json", action="store_true")
     s.add_argument("--all", action="store_true", help="list done shards too")
+    s.add_argument("--watch", action="store_true",
+                   help="refresh in place with progress bars until the run ends (plain lines if not a terminal)")
+    s.add_argument("--interval", type=float, default=2.0, help="seconds between --watch refreshes (<= 5)")
     s.set_defaults(fn=cmd_status)
+
+    s = sub.add_parser("logs", help="print the log of a shard's latest (or chosen) attempt")
+    s.add_argument("run_dir")
+    s.add_argument("shard", nargs="?", type=int, help="shard id (default: the first failed shard)")
+    s.add_argument("--attempt", type=int, help="attempt number, 1 = first (default: the latest)")
+    s.add_argument("--err", action="store_true", help="stderr (errors, tracebacks) instead of stdout")
+    s.add_argument("--follow", "-f", action="store_true", help="keep printing until the attempt ends")
+    s.set_defaults(fn=cmd_logs)
+
+    s = sub.add_parser("report", help="write a self-contained HTML report of the run (plots, timeline, scores)")
+    s.add_argument("run_dir")
+    s.add_argument("--output", help="where to write it (default RUN_DIR/report.html)")
+    s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("resume", help="resubmit only the shards that are not done")
     s.add_argument("run_dir")

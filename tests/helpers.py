@@ -92,3 +92,20 @@ def make_run(tmp_path: Path, dataset: Path, model: Path, *overrides: str) -> Any
     spec = load_job(None, list(overrides), data=data)
     plan = make_plan(spec, job_file=None, overrides=list(overrides))
     return create_run_dir(tmp_path / "run", plan.manifest)
+
+
+def voluntary_switches(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return int(next(x for x in fh if x.startswith("voluntary_ctxt_switches:")).split()[1])
+
+
+def wait_guard_scanned(pid: int, timeout: float = 30) -> None:
+    """Wait until the guard ``pid`` has scanned /proc at least once since this call: its loop is scan, sleep;
+    each sleep is one voluntary context switch, so three more switches mean a whole scan in between."""
+    import time
+
+    start = voluntary_switches(pid)
+    deadline = time.monotonic() + timeout
+    while voluntary_switches(pid) < start + 3:
+        assert time.monotonic() < deadline, f"guard {pid} made no round in {timeout} s"
+        time.sleep(0.05)

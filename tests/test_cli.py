@@ -153,11 +153,10 @@ def test_status_json_is_valid_on_error_free_run(env):
     assert res.returncode == 3 and "shards 0 are not done" in res.stderr
 
 
-def test_help_is_fast_and_imports_no_engine():
-    t0 = time.perf_counter()
+def test_help_imports_no_engine():
+    """(How fast --help is, is measured in bench/bench_status.py, not asserted here.)"""
     res = subprocess.run([str(REPO / ".venv/bin/hpcgen"), "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "submit" in res.stdout
-    assert time.perf_counter() - t0 < 1.0
     code = ("import sys, hpcgen.cli, hpcgen.login.ops, hpcgen.login.state, hpcgen.login.merge, hpcgen.login.launch, hpcgen.scoring.score, "
             "hpcgen.scoring.command; bad = [m for m in ('torch', 'vllm', 'transformers') if m in sys.modules]; "
             "print(bad); sys.exit(bool(bad))")

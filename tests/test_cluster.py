@@ -37,7 +37,7 @@ def _wait_for(pred, what: str, timeout: float = TIMEOUT):
 
 
 def _executor(folder: Path, **params):
-    submitit = pytest.importorskip("submitit")
+    import submitit  # a core dependency: missing is a failure, not a skip
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
     ex.update_parameters(slurm_partition="gpu", timeout_min=10, mem_gb=1, cpus_per_task=1, **params)
     return ex

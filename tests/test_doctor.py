@@ -105,7 +105,7 @@ def test_without_slurm_commands_doctor_says_so(tmp_path, job):
     res = hpcgen("doctor", str(job), "--run-dir", str(tmp_path / "runs"), cwd=tmp_path,
                  env={"PATH": str(Path(sys.executable).parent)})
     assert res.returncode == 7, res.stderr
-    assert "FAIL  slurm commands: not on PATH: sbatch, squeue, sacct" in res.stdout
+    assert "FAIL  slurm commands: not on PATH: sbatch, srun, squeue, sacct" in res.stdout
     assert res.stderr.strip().splitlines()[-1] == "hpcgen: error: 1 check(s) failed: slurm commands"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -169,16 +170,38 @@ def test_scontrol_requeue_continues_without_resume(cluster, tiny_model, fault_da
     check_no_regeneration(before, parts(run_dir))
     assert len(attempt_records(run_dir)) == 2  # same job id, restart count 1
     assert merged(run_dir, tmp_path / "a.parquet") == reference
-    # merges racing on the same run: each exits 0 or refuses (4) clearly; the output is never corrupt
+    # merges while another process holds the run's lock: every one refuses (4) naming it, nothing written
     out = tmp_path / "race.parquet"
-    procs = [subprocess.Popen([str(REPO / ".venv/bin/hpcgen"), "merge", str(run_dir), "--output", str(out)],
-                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir / ".lock.d")], stdout=subprocess.PIPE,
+                              stdin=subprocess.PIPE, text=True, cwd=REPO)
+    assert holder.stdout.readline().strip() == "held"
+    merge = [str(REPO / ".venv/bin/hpcgen"), "merge", str(run_dir), "--output", str(out)]
+    procs = [subprocess.Popen(merge, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     for p in procs:
         _, err = p.communicate(timeout=120)
-        assert p.returncode in (0, 4), err
-        if p.returncode == 4:
-            assert "is locked by" in err and "try again" in err, err
+        assert p.returncode == 4, err
+        assert f"is locked by resume (pid {holder.pid} on " in err and "try again when it finishes" in err, err
+    assert not out.exists()
+    holder.communicate("release\n", timeout=30)
+    # then merges racing each other: one at least succeeds, the others refuse clearly; the output is intact
+    procs = [subprocess.Popen(merge, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    codes = []
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        codes.append(p.returncode)
+        assert p.returncode == 0 or (p.returncode == 4 and "is locked by merge" in err), err
+    assert 0 in codes
     assert pq.read_table(out).column("responses").to_pylist() == reference
+
+
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from hpcgen.rundir.lock import Lock
+with Lock(Path(sys.argv[1]), "resume"):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
 
 
 def test_time_limit_finishes_through_requeues(cluster, tiny_model, fault_data, reference, tmp_path):
@@ -216,7 +239,8 @@ def test_lost_node_then_resume(cluster, tiny_model, fault_data, reference, tmp_p
     os.kill(slurmd_pid, signal.SIGKILL)
     kill_tree(attempt_records(run_dir)[-1]["pid"])  # the node's processes die with it
     before = parts(run_dir)
-    time.sleep(30)  # past SlurmdTimeout: the controller declares the node lost
+    wait_for(lambda: subprocess.run(["sinfo", "-h", "-n", node, "-o", "%t"], capture_output=True, text=True)
+             .stdout.strip().startswith("down"), 180, f"the controller to declare {node} down (SlurmdTimeout)")
     cl.up()  # the node returns
     res = hpcgen("resume", str(run_dir), "--wait")
     assert res.returncode == 0, res.stderr

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from helpers import REPO
+from helpers import REPO, wait_guard_scanned
 
 from hpcgen.task import guard
 
@@ -30,11 +30,18 @@ def _task(secs: int, hold: float) -> tuple[subprocess.Popen, int]:
     return task, int(task.stdout.readline())
 
 
+def _guards(task: subprocess.Popen, engine: int) -> list[int]:
+    """The task's guard (spawned before the engine, so it is there once the engine's pid is printed)."""
+    guards = [p for p in guard.tree(task.pid) if p != engine]
+    assert len(guards) == 1, guards
+    return guards
+
+
 def test_sigkilled_task_leaves_nothing_behind():
     task, engine = _task(311, 300)
-    time.sleep(1.5)  # the guard has seen the engine
-    guards = [p for p in guard.tree(task.pid) if p != engine]
-    assert _alive(engine) and len(guards) == 1
+    guards = _guards(task, engine)
+    wait_guard_scanned(guards[0])  # the guard has seen the engine
+    assert _alive(engine)
     task.kill()
     task.wait()
     deadline = time.monotonic() + 10
@@ -46,7 +53,7 @@ def test_sigkilled_task_leaves_nothing_behind():
 
 def test_normal_end_stops_the_guard_and_leaves_the_task_s_children_alone():
     task, engine = _task(312, 2)
-    guards = [p for p in guard.tree(task.pid) if p != engine]
+    guards = _guards(task, engine)  # never empty: 'not any(...)' below cannot pass vacuously
     assert task.wait(30) == 0
     assert not any(_alive(p) for p in guards)
     # the engine was not the guard's to kill on a normal end (its owner shuts it down)

@@ -12,7 +12,7 @@ from helpers import FakeEngine, make_run
 
 from hpcgen.errors import IncompleteRunError, LockedError, RunDirError
 from hpcgen.login.merge import compact_ranges, merge_run
-from hpcgen.rundir import atomic
+from hpcgen.rundir.lock import Lock
 from hpcgen.task.worker import run_shards
 
 
@@ -72,7 +72,7 @@ def test_concurrent_merge_refused(tmp_path, small_dataset, fake_model):
     held, release = threading.Event(), threading.Event()
 
     def hold():
-        with atomic.exclusive_lock(run.lock, "merge"):
+        with Lock(run.lock, "merge"):
             held.set()
             release.wait(10)
 

@@ -64,6 +64,7 @@ def test_merge_and_score_chained_after_the_array(slurm_run):
             break
         time.sleep(2)
     assert "hpcgen-merge|COMPLETED" in deps
+    assert "plot-timeline" in (slurm_run["run_dir"] / "report.html").read_text()  # the step writes the report too
     scores = json.loads((slurm_run["run_dir"] / "scores.json").read_text())
     assert scores["grader"] == "math-verify"  # the job's score.grader, not the default
     assert scores["overall"]["rows"] == 100 and scores["overall"]["errors"] == 1

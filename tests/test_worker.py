@@ -54,20 +54,28 @@ def test_restart_skips_saved_rows_and_replaces_corrupt_parts(tmp_path, small_dat
 
 
 def test_bad_rows_are_recorded_not_fatal(tmp_path, fake_model):
-    import pyarrow as pa
+    """Each kind of bad prompt (null, empty, unknown role, message without role, engine rejection) becomes that
+    row's gen_error; the rows around it are generated. JSON lines keep the chat prompts as lists (a parquet
+    column cannot mix strings and lists)."""
+    import json
 
-    data = tmp_path / "d.parquet"
-    prompts = ["fine", None, "", [{"role": "wizard", "content": "x"}], [{"content": "no role"}], "also fine"]
-    pq.write_table(pa.table({"prompt": pa.array([p if isinstance(p, str) or p is None else str(p) for p in prompts])}),
-                   data)
-    run = make_run(tmp_path, data, fake_model, "sharding.num_shards=1")
+    data = tmp_path / "d.jsonl"
+    prompts = ["fine", None, "", [{"role": "wizard", "content": "x"}], [{"content": "no role"}], "also fine",
+               [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]]
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    run = make_run(tmp_path, data, fake_model, "sharding.num_shards=1", f"data.output_path={tmp_path}/out.jsonl")
     eng = functools.partial(FakeEngine, fail_rows=(5,))
     run_shards(run.root, [0], engine_factory=eng)
     t = pq.read_table(run.parts_dir / run.list_parts()[0][0].name).sort_by("row_id").to_pylist()
     errors = {r["row_id"]: r["gen_error"] for r in t}
+    assert set(errors) == set(range(len(prompts)))
     assert errors[0] is None and len(t[0]["responses"]) == 2
-    assert "null" in errors[1] and "empty" in errors[2]
-    assert "rejected" in errors[5]
+    assert errors[1] == "prompt is null" and errors[2] == "prompt is an empty string"
+    assert errors[3] == "message 0 has unknown role 'wizard'"
+    assert errors[4] == "message 0 must have 'role' and 'content'"
+    assert errors[5] == "row 5 rejected by the engine"
+    assert errors[6] is None and len(t[6]["responses"]) == 2
+    assert all(t[i]["responses"] == [] for i in range(1, 6))
     assert 0 in run.list_done()
 
 
@@ -116,3 +124,42 @@ def test_finished_task_ignores_a_late_time_limit_warning(tmp_path, small_dataset
     finally:
         signal.signal(signal.SIGUSR2, before)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+PEAK = """
+import json, sys
+import pyarrow as pa, pyarrow.parquet as pq
+from hpcgen.task.prompts import read_prompts
+path, shards = sys.argv[1], 10
+rows = pq.read_metadata(path).num_rows
+manifest = {"shards": [(i * rows // shards, (i + 1) * rows // shards) for i in range(shards)],
+            "dataset": {"format": "parquet", "path": path}, "job": {"data": {"prompt_key": "prompt"}}}
+pa.Table.from_pylist([{"a": 1}])
+base = pa.default_memory_pool().max_memory()
+ids = [r for r, _ in read_prompts(manifest, shards - 1)]
+print(json.dumps({"ids": [ids[0], ids[-1], len(ids)], "peak": pa.default_memory_pool().max_memory() - base}))
+"""
+
+
+def test_a_task_reading_a_big_row_group_holds_one_batch(tmp_path):
+    """One row group for all shards (the input as many tools write it): the last shard's task reads its rows
+    in batches; its arrow memory stays far below the row group's prompt column (which the former reader
+    loaded whole, for every task)."""
+    import json
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    from helpers import REPO
+
+    rows = 50_000
+    prompts = [("lorem ipsum dolor sit amet " * 60) + str(i) for i in range(rows)]
+    column_bytes = sum(map(len, prompts))
+    pq.write_table(pa.table({"prompt": prompts}), tmp_path / "one.parquet", row_group_size=rows)
+    assert pq.read_metadata(tmp_path / "one.parquet").num_row_groups == 1
+    res = subprocess.run([sys.executable, "-c", PEAK, str(tmp_path / "one.parquet")], cwd=REPO, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["ids"] == [45_000, 49_999, 5_000]
+    assert out["peak"] < column_bytes / 5, (out["peak"], column_bytes)

@@ -31,7 +31,7 @@ from hpcgen.rundir.layout import RunLayout, check_writable
 from hpcgen.spec.schema import JobSpec
 
 PROBE_MINUTES = 3
-COMMANDS = ("sbatch", "squeue", "sacct", "scontrol", "sinfo", "scancel")
+COMMANDS = ("sbatch", "srun", "squeue", "sacct", "scontrol", "sinfo", "scancel")
 
 
 @dataclass
@@ -165,7 +165,7 @@ def probe_script(spec: JobSpec, folder: Path, output_dir: Path) -> str:
 
     from hpcgen.login.launch import make_executor
 
-    ex = make_executor("slurm", RunLayout(folder), spec)
+    ex = make_executor("slurm", RunLayout(folder), spec, dry_run=True)  # only its sbatch text is used
     params = dict(ex.parameters)
     params.update(job_name="hpcgen-doctor", time=PROBE_MINUTES, signal_delay_s=10)
     params["additional_parameters"] = {k: v for k, v in params.get("additional_parameters", {}).items()

@@ -19,6 +19,7 @@ from hpcgen.login.merge_input import InputReader, check_names, output_format, ou
 from hpcgen.rundir import atomic
 from hpcgen.rundir.fingerprint import changed_inputs
 from hpcgen.rundir.layout import RunLayout, check_writable
+from hpcgen.rundir.lock import Lock
 from hpcgen.rundir.manifest import load_manifest
 from hpcgen.rundir.parts import verify_done
 
@@ -78,7 +79,7 @@ def merge_run(run_dir: Path, *, output: Path | None = None, allow_partial: bool 
     names = output_names(job["merge"], metadata)
     n_samples = job["data"]["n_samples"]
     shards = manifest["shards"]
-    with atomic.exclusive_lock(layout.lock, "merge"):
+    with Lock(layout.lock, "merge"):
         done = layout.list_done()
         missing = [i for i in range(len(shards)) if i not in done]
         if missing and not allow_partial:

@@ -10,14 +10,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcgen.errors import RunDirError, ShardFailedError, UserError
-from hpcgen.login.launch import Submission, annotate_submission, cancel_jobs, dry_run_text, submit_groups
+from hpcgen.errors import RunDirError, SchedulerError, ShardFailedError, UserError
+from hpcgen.login.launch import (
+    Submission,
+    annotate_submission,
+    cancel_jobs,
+    check_script_path,
+    dry_run_text,
+    local_plan_text,
+    require_slurm,
+    submit_groups,
+)
 from hpcgen.login.merge import compact_ranges
 from hpcgen.login.plan import Plan, create_run_dir, inspect_dataset, make_plan, task_groups
 from hpcgen.login.state import RunState, collect, latest_jobs
 from hpcgen.rundir import atomic
 from hpcgen.rundir.fingerprint import changed_inputs
 from hpcgen.rundir.layout import RunLayout
+from hpcgen.rundir.lock import Lock
 from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
 from hpcgen.rundir.parts import invalidate_bad_done
 from hpcgen.spec.loader import describe_sources, load_job_traced
@@ -43,6 +53,7 @@ def submit(job_file: Path, overrides: list[str], *, run_dir: Path | None = None,
     spec, sources = load_job_traced(job_file, overrides, site=load_site(site_file) if site_file else None)
     plan = make_plan(spec, job_file=str(job_file.resolve()), overrides=overrides, download=not dry_run)
     layout = RunLayout(run_dir or default_run_dir(job_file))
+    check_script_path(layout.root, "--run-dir")  # it is written into the sbatch script
     notes = list(plan.notes)
     if executor == "slurm":  # the request against the partition's nodes, before sbatch refuses it unexplained
         from hpcgen.login.partition import check_before_queueing
@@ -53,24 +64,34 @@ def submit(job_file: Path, overrides: list[str], *, run_dir: Path | None = None,
         settings = [f"# site file: {site_file} ({how})" if site_file else f"# site file: {how}",
                     "# settings (presets < site file < job file < command line; built-in defaults not listed):",
                     *describe_sources(sources)]
-        return SubmitResult(plan, layout, None,
-                            "\n".join(settings) + "\n" + dry_run_text(layout, plan.spec, len(plan.tasks)), notes)
-    layout = create_run_dir(layout.root, plan.manifest)
+        text = (local_plan_text(plan.spec, plan.tasks) if executor == "local"
+                else dry_run_text(layout, plan.spec, len(plan.tasks)))
+        return SubmitResult(plan, layout, None, "\n".join(settings) + "\n" + text, notes)
+    if executor == "slurm":
+        require_slurm()
+    layout = create_run_dir(layout.root, plan.manifest, unique=run_dir is None)
     sub = submit_groups(layout, plan.spec, plan.tasks, executor=executor, kind="submit",
                         extra={"rows_done_at_submit": 0})
     attach_chain(layout, plan.spec, sub)
     return SubmitResult(plan, layout, sub, notes=notes)
 
 
-def attach_chain(layout: RunLayout, spec: Any, sub: Submission, previous: str | None = None) -> None:
-    """``score.after_merge``: queue merge+score after this submission's arrays (replacing an older step)."""
+def attach_chain(layout: RunLayout, spec: Any, sub: Submission, previous: str | None = None,
+                 still_running: list[str] | None = None) -> None:
+    """``score.after_merge``: queue merge+score after this submission's arrays and after every earlier job
+    that may still write to the run (replacing an older step)."""
     if not spec.score.after_merge or sub.executor != "slurm":
         return
     from hpcgen.login.chain import submit_chain
 
     if previous:
         cancel_jobs([previous], "slurm")
-    annotate_submission(layout, sub.seq, chain_job=submit_chain(layout, spec, sub.arrays))
+    annotate_submission(layout, sub.seq, chain_job=submit_chain(layout, spec, sub.arrays, still_running))
+
+
+def open_jobs(state: RunState) -> list[str]:
+    """Jobs that may still write to the run: the latest jobs of shards that are pending or running."""
+    return sorted({s.job_id for s in state.shards if s.state in ("pending", "running") and s.job_id})
 
 
 def check_unchanged(manifest: dict[str, Any]) -> None:
@@ -91,11 +112,14 @@ def check_unchanged(manifest: dict[str, Any]) -> None:
 def resume(run_dir: Path, *, executor: str | None = None) -> tuple[Submission | None, RunState, list[int]]:
     layout = RunLayout(run_dir)
     manifest = load_manifest(run_dir)
-    with atomic.exclusive_lock(layout.lock, "resume"):
+    with Lock(layout.lock, "resume"):
         check_unchanged(manifest)
         bad = invalidate_bad_done(layout, manifest)
         state = collect(run_dir, manifest)
-        todo = state.shards_in("failed", "cancelled") + [
+        if not state.scheduler_answered:  # a shard that may still run would be generated twice
+            raise SchedulerError(f"cannot resume {run_dir}: neither sacct nor squeue answered, so whether its "
+                                 "jobs still run is unknown; try again when SLURM answers")
+        todo = state.shards_in("failed", "cancelled", "unknown") + [
             s.id for s in state.shards if s.state == "pending" and s.job_id is None]
         todo += [s for s in bad if s not in todo]
         if not todo:
@@ -104,40 +128,67 @@ def resume(run_dir: Path, *, executor: str | None = None) -> tuple[Submission | 
         _, _, last_exec = latest_jobs(layout)
         order = sorted(todo)
         groups = [[order[i] for i in g] for g in task_groups(len(order), spec.sharding.shards_per_task)]
+        busy = open_jobs(state)  # older tasks still queued or running: they share the cap and may still write
+        busy_arrays = sorted({j.split("_")[0] for j in busy})
         sub = submit_groups(layout, spec, groups, executor=executor or last_exec or "slurm", kind="resume",
-                            extra={"rows_done_at_submit": state.rows_done})
-        attach_chain(layout, spec, sub, previous=state.chain.get("job_id") if state.chain else None)
+                            extra={"rows_done_at_submit": state.rows_done}, busy=len(busy), busy_arrays=busy_arrays)
+        attach_chain(layout, spec, sub, previous=state.chain.get("job_id") if state.chain else None,
+                     still_running=busy_arrays)  # ended tasks already count as satisfied
         return sub, state, bad
 
 
 def cancel(run_dir: Path) -> int:
-    manifest = load_manifest(run_dir)
-    state = collect(run_dir, manifest, query_scheduler=False)
-    open_jobs = sorted({s.job_id for s in state.shards if s.state != "done" and s.job_id})
-    if state.chain and state.chain["state"] != "done":  # the merge+score step would never run anyway
-        open_jobs.append(state.chain["job_id"])
-    return cancel_jobs(open_jobs, state.executor or "slurm")
+    """Cancel every job of the run: every array (or local process) of every submission and the merge+score
+    steps; finished ones are left alone by SLURM. Local processes are signalled only while their pid still
+    belongs to the process that was started."""
+    from hpcgen.login.state import local_starts
+
+    load_manifest(run_dir)
+    layout = RunLayout(run_dir)
+    jobs: list[str] = []
+    executor = "slurm"
+    for path in layout.list_submissions():
+        try:
+            sub = atomic.read_json(path)
+        except (OSError, ValueError):
+            continue
+        executor = sub.get("executor", executor)
+        jobs += sub.get("arrays") or sorted(set(sub.get("jobs", {}).values()))
+        if sub.get("chain_job"):
+            jobs.append(sub["chain_job"])
+    jobs = list(dict.fromkeys(jobs))
+    return cancel_jobs(jobs, executor, local_starts(layout) if executor == "local" else None)
 
 
 def wait(run_dir: Path, *, poll_seconds: float = 5.0, on_poll: Callable[[RunState], None] | None = None,
-         timeout: float | None = None) -> RunState:
-    """Block until no shard is pending or running; raise ShardFailedError if any ended failed/cancelled."""
+         timeout: float | None = None, unreachable_for: float = 600.0) -> RunState:
+    """Block until no shard is pending or running; raise ShardFailedError if any ended failed, cancelled or
+    unknown (no source knows its job). SLURM not answering at all is waited out for ``unreachable_for`` s."""
     manifest = load_manifest(run_dir)
     t0 = time.monotonic()
+    silent_since: float | None = None
     while True:
         state = collect(run_dir, manifest)
         if on_poll:
             on_poll(state)
-        if not state.shards_in("pending", "running"):
+        if state.scheduler_answered:
+            silent_since = None
+        else:
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since > unreachable_for:
+                raise SchedulerError(f"neither sacct nor squeue answered for {unreachable_for:.0f}s; "
+                                     f"'hpcgen status {state.run_dir}' tells when SLURM is back")
+        if state.scheduler_answered and not state.shards_in("pending", "running"):
             break
         if timeout is not None and time.monotonic() - t0 > timeout:
             break
         time.sleep(poll_seconds)
-    bad = state.shards_in("failed", "cancelled")
+    bad = state.shards_in("failed", "cancelled", "unknown")
     if bad:
         first = next(s for s in state.shards if s.id == bad[0])
+        what = (f"{first.reason}" if first.state == "unknown"
+                else f"{first.last_error or 'no error recorded'} (log {first.log})")
         raise ShardFailedError(
-            f"{len(bad)} shard(s) failed or were cancelled ({compact_ranges(bad)}); first: shard {first.id} "
-            f"{first.state}: {first.last_error or 'no error recorded'} (log {first.log}); "
-            f"'hpcgen resume {state.run_dir}' continues them")
+            f"{len(bad)} shard(s) failed, were cancelled or are unknown to SLURM ({compact_ranges(bad)}); first: "
+            f"shard {first.id} {first.state}: {what}; 'hpcgen resume {state.run_dir}' continues them")
     return state

@@ -6,6 +6,7 @@ need one streaming pass (line offsets, UTF-8 and JSON checks). Rows are never he
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -207,25 +208,41 @@ def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str], down
     return Plan(resolved, dataset, model_path, output, shards, tasks, manifest, staged.notes)
 
 
-def create_run_dir(run_dir: Path, manifest: dict[str, Any]) -> RunLayout:
-    """Materialise the run directory atomically: built in a temp sibling, then renamed into place."""
+def create_run_dir(run_dir: Path, manifest: dict[str, Any], *, unique: bool = False) -> RunLayout:
+    """Materialise the run directory atomically: built in a temp sibling, then renamed into place.
+
+    ``unique`` (the default run directory): a name already taken gets a suffix (-2, -3, ...), found by the
+    atomic rename itself, so two submits in the same second never share a directory."""
     run_dir = run_dir.resolve()
-    if run_dir.exists():
+    if run_dir.exists() and not unique:
         if (run_dir / "manifest.json").exists():
             raise RunDirError(f"run directory {run_dir} already holds a run; pick another --run-dir or resume it")
         if not run_dir.is_dir() or any(run_dir.iterdir()):
             raise RunDirError(f"run directory {run_dir} exists and is not empty")
-    check_writable(run_dir, "--run-dir")
+    check_writable(run_dir.with_name(f".{run_dir.name}.new") if unique else run_dir, "--run-dir")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
     try:
+        tmp.chmod(0o777 & ~atomic.current_umask())  # mkdtemp makes 0700: a shared project folder could not read it
         layout = RunLayout(tmp)
         layout.make_dirs()
         atomic.write_json(layout.manifest, manifest)
-        if run_dir.exists():
-            run_dir.rmdir()
-        os.rename(tmp, run_dir)
+        for i in range(1, 10_000):
+            target = run_dir if i == 1 else run_dir.with_name(f"{run_dir.name}-{i}")
+            if unique and (target.exists() or target.is_symlink()):
+                continue
+            try:
+                if target.exists():
+                    target.rmdir()  # an empty directory the user made for the run
+                os.rename(tmp, target)
+                return RunLayout(target)
+            except OSError as exc:  # taken in between by another submit
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                    raise
+                if not unique:
+                    raise RunDirError(f"run directory {run_dir} was just taken by another submit; "
+                                      "pick another --run-dir") from None
+        raise RunDirError(f"no free run directory name next to {run_dir}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return RunLayout(run_dir)

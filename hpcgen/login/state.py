@@ -1,11 +1,12 @@
-"""Where every shard stands: files in the run directory are the truth; one sacct call at most is a hint for
-pending/running/failed of shards that are not done. Shared by ``status``, ``resume``, ``merge``, ``cancel``.
+"""Where every shard stands: files in the run directory are the truth; for shards that are not done, one
+``sacct`` and one ``squeue`` call at most are hints (pending/running/failed), and the attempt records settle
+what neither knows (accounting off or failing, a job purged from both): such a shard is ``unknown`` with a
+reason, and ``resume`` treats it as not running. Shared by ``status``, ``resume``, ``merge``, ``cancel``.
 Writes nothing.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -14,8 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcgen.login import runstats
+from hpcgen.login.runstats import RunStats
 from hpcgen.rundir import atomic
-from hpcgen.rundir.layout import RunLayout
+from hpcgen.rundir.layout import RunLayout, safe_job_id
+from hpcgen.rundir.lock import process_alive
+
+STATUS_FORMAT = "hpcgen-status/1"  # version of ``status --json`` (fields in the README)
 
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED", "STAGE_OUT",
            "REQUEUE_FED", "REQUEUE_HOLD", "SIGNALING"}
@@ -26,7 +32,7 @@ CANCELLED = {"CANCELLED"}
 @dataclass
 class ShardState:
     id: int
-    state: str  # pending | running | done | failed | cancelled
+    state: str  # pending | running | done | failed | cancelled | unknown
     rows_done: int
     rows_total: int
     job_id: str | None
@@ -34,6 +40,8 @@ class ShardState:
     error_rows: int = 0
     log: str | None = None
     last_error: str | None = None
+    reason: str | None = None  # why the state is "unknown" (no source knows the job)
+    logs_command: str | None = None  # for failed/cancelled shards: the command that prints the log
 
 
 @dataclass
@@ -47,7 +55,10 @@ class RunState:
     eta_seconds: float | None = None
     executor: str | None = None
     sacct_calls: int = 0
+    squeue_calls: int = 0
+    scheduler_answered: bool = True  # False when neither sacct nor squeue answered (SLURM unreachable)
     chain: dict[str, Any] | None = None  # the merge+score step, when the job asked for one
+    stats: RunStats | None = None  # elapsed, rates, GPU-hours, tokens, ... (login.runstats)
 
     def shards_in(self, *states: str) -> list[int]:
         return [s.id for s in self.shards if s.state in states]
@@ -57,8 +68,11 @@ class RunState:
         return all(s.state == "done" for s in self.shards)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in vars(self).items() if k != "shards"}  # shallow: fast with 10,000 shards
-        d["shards"] = [dict(vars(s)) for s in self.shards]
+        d: dict[str, Any] = {"format": STATUS_FORMAT}
+        d.update((k, v) for k, v in vars(self).items() if k not in ("shards", "stats"))
+        if self.stats is not None:
+            d.update(runstats.to_dict(self.stats))
+        d["shards"] = [dict(vars(s)) for s in self.shards]  # shallow: fast with 10,000 shards
         d["complete"] = self.complete
         return d
 
@@ -89,8 +103,28 @@ def sacct_states(job_ids: list[str]) -> dict[str, str] | None:
         return None
     if res.returncode != 0:
         return None
+    return _parse_states(res.stdout)
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
+    """One squeue call: the controller's view of the given jobs (queued, running, and ended within its
+    MinJobAge), array tasks one per line; None if squeue did not answer. Works with accounting off."""
+    if not job_ids or shutil.which("squeue") is None:
+        return None
+    bases = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        res = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(bases)],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if res.returncode != 0:  # one id the controller no longer knows is an error, not an answer-less squeue
+        return {} if "Invalid job id" in res.stderr else None
+    return _parse_states(res.stdout)
+
+
+def _parse_states(text: str) -> dict[str, str]:
     states: dict[str, str] = {}
-    for line in res.stdout.splitlines():
+    for line in text.splitlines():
         if "|" not in line:
             continue
         jid, state = line.split("|", 1)
@@ -106,18 +140,38 @@ def sacct_states(job_ids: list[str]) -> dict[str, str] | None:
     return states
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+@dataclass
+class Scheduler:
+    """What SLURM says about the run's open jobs: one sacct and one squeue answer (None: no answer)."""
+
+    sacct: dict[str, str] | None = None
+    squeue: dict[str, str] | None = None
+    local_starts: dict[str, str] = field(default_factory=dict)  # local executor: pid -> process start
+
+    @property
+    def answered(self) -> bool:
+        return self.sacct is not None or self.squeue is not None
+
+    def state(self, jid: str) -> tuple[str | None, str | None]:
+        """(SLURM state or None if no source knows the job, a note on why the sources disagree)."""
+        live = self.squeue.get(jid) if self.squeue is not None else None
+        if live is not None:  # the controller's own view is the freshest
+            return live, None
+        acct = self.sacct.get(jid) if self.sacct is not None else None
+        if acct in PENDING | RUNNING and self.squeue is not None:
+            return None, f"sacct says {acct} but the controller does not know the job (stale accounting record)"
+        return acct, None
+
+
+def local_starts(layout: RunLayout) -> dict[str, str]:
+    """Local executor: pid -> start identity recorded at submit (a reused pid is not the task)."""
+    out: dict[str, str] = {}
+    for path in layout.list_submissions():
+        try:
+            out.update(atomic.read_json(path).get("local_starts", {}))
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def log_path(layout: RunLayout, job_id: str | None) -> Path | None:
@@ -160,68 +214,114 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
     chain_job = (last_sub or {}).get("chain_job")
     if chain_job and not layout.scores.exists():
         open_jobs.append(chain_job)
-    states: dict[str, str] | None = None
+    progress = runstats.ProgressReader(layout)  # reads the progress records while sacct and squeue run
+    sched = Scheduler()
     calls = 0
     if query_scheduler and open_jobs and executor == "slurm":
-        states = sacct_states(open_jobs)
+        sched = Scheduler(sacct_states(open_jobs), squeue_states(open_jobs))
         calls = 1
+    elif executor == "local":
+        sched.local_starts = local_starts(layout)
     out: list[ShardState] = []
     for i, (start, end) in enumerate(shards):
         total = end - start
         jid = jobs.get(i)
         n_att = len(attempts.get(i, []))
-        state = "done" if i in done else _open_state(jid, executor, states, i, attempts.get(i, []))
-        if state in ("failed", "cancelled") and layout.done(i).exists():  # the task finished after the listing
+        reason = None
+        if i in done:
+            state = "done"
+        else:
+            state, reason = _open_state(layout, jid, executor, sched, i, attempts.get(i, []), query_scheduler)
+        if state in ("failed", "cancelled", "unknown") and layout.done(i).exists():  # finished after the listing
             state = "done"
         if state == "done":
             out.append(ShardState(i, "done", total, total, jid, n_att))
             continue
         rows = min(total, sum(p.rows for p in parts.get(i, [])))
-        s = ShardState(i, state, rows, total, jid, n_att)
+        s = ShardState(i, state, rows, total, jid, n_att, reason=reason)
         if state in ("failed", "cancelled"):
             lp = log_path(layout, jid)
             s.log = str(lp) if lp else None
             s.last_error = last_error_line(layout, i, attempts.get(i, []), lp)
+            s.logs_command = f"hpcgen logs {layout.root} {i} --err"
         out.append(s)
     rs = RunState(str(layout.root), sum(e - s for s, e in shards), sum(s.rows_done for s in out), out,
-                  executor=executor, sacct_calls=calls)
+                  executor=executor, sacct_calls=calls, squeue_calls=calls,
+                  scheduler_answered=sched.answered or not calls)
     for s in out:
         rs.counts[s.state] = rs.counts.get(s.state, 0) + 1
     if chain_job:
-        st = "done" if layout.scores.exists() else _open_state(chain_job, executor, states, -1, ["?"])
+        st, why = ("done", None) if layout.scores.exists() else _open_state(
+            layout, chain_job, executor, sched, -1, [], query_scheduler)
         rs.chain = {"job_id": chain_job, "state": st, "scores": str(layout.scores) if st == "done" else None}
-    _rate(rs, last_sub)
+        if why:
+            rs.chain["reason"] = why
+    _figures(rs, layout, progress.records())
     return rs
 
 
-def _open_state(jid: str | None, executor: str | None, states: dict[str, str] | None, shard: int,
-                attempt_names: list[str]) -> str:
+def _open_state(layout: RunLayout, jid: str | None, executor: str | None, sched: Scheduler, shard: int,
+                attempt_names: list[str], queried: bool) -> tuple[str, str | None]:
+    """(state, reason) of a shard (or, shard -1, the merge+score step) that is not done."""
     if jid is None:
-        return "pending"
+        return "pending", None
     if executor == "local":
         try:
-            return "running" if _pid_alive(int(jid)) else "failed"
+            return ("running" if process_alive(int(jid), sched.local_starts.get(jid)) else "failed"), None
         except ValueError:
-            return "failed"
-    if states is None:
-        return "pending" if not attempt_names else "running"
-    st = states.get(jid)
-    if st is None:  # not in the accounting database yet
-        return "pending"
+            return "failed", None
+    if not queried:  # cancel: no scheduler call; the latest submission's jobs are what may run
+        return "running", None
+    st, note = sched.state(jid)
     if st in PENDING:
-        return "pending"
+        return "pending", None
     if st in RUNNING:
-        return "running"
+        return "running", None
     if st in CANCELLED:
-        return "cancelled"
-    return "failed"  # COMPLETED without a done marker, FAILED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, ...
+        return "cancelled", None
+    if st is not None:
+        return "failed", None  # COMPLETED without a done marker, FAILED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, ...
+    if not sched.answered:
+        return "unknown", "neither sacct nor squeue answered: SLURM is unreachable from here"
+    # no source knows the job (accounting off or failing, job purged): the attempt records tell what they can
+    mine = [n for n in attempt_names if n.startswith(f"s{shard:06d}.{safe_job_id(jid)}.")]
+    record: dict[str, Any] = {}
+    restart = re.compile(r"\.r(\d+)\.json$")
+    for name in sorted(mine, key=lambda n: int(m[1]) if (m := restart.search(n)) else -1):  # latest restart last
+        try:
+            record = atomic.read_json(layout.attempts_dir / name)
+        except (OSError, ValueError):
+            continue
+    if record.get("error"):
+        return "failed", None
+    why = note or f"job {jid} is known to neither sacct nor squeue (accounting off or failing, or purged)"
+    if record:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(record.get("started", 0))))
+        why += f"; its task started on {record.get('host', '?')} at {when} and recorded no end"
+    elif shard >= 0:
+        why += "; it never started a task"
+    return "unknown", why
 
 
-def _rate(rs: RunState, last_sub: dict[str, Any] | None) -> None:
-    if not last_sub or rs.complete:
-        return
-    elapsed = time.time() - float(last_sub.get("time", time.time()))
-    gained = rs.rows_done - int(last_sub.get("rows_done_at_submit", 0))
-    if elapsed > 0 and gained > 0:
-        rs.rows_per_second = gained / elapsed
-        rs.eta_seconds = (rs.rows_total - rs.rows_done) / rs.rows_per_second
+def _figures(rs: RunState, layout: RunLayout, records: list[dict[str, Any]]) -> None:
+    """Elapsed time, rates, ETA, GPU-hours, tokens, length cuts, error rows (from progress records)."""
+    subs = layout.list_submissions()
+    first = None
+    if subs:
+        try:
+            first = float(atomic.read_json(subs[0]).get("time"))
+        except (OSError, ValueError, TypeError):
+            first = None
+    busy = bool(rs.shards_in("pending", "running"))
+    running = {s.job_id for s in rs.shards if s.state == "running" and s.job_id}
+    st = runstats.gather(layout, first, running, busy, records=records)
+    rs.stats = st
+    rs.rows_per_second = st.rows_per_second
+    rs.eta_seconds = runstats.eta_seconds(st, rs.rows_total - rs.rows_done, busy)
+    per_shard: dict[str, int] = {}
+    for t in st.tasks:
+        for shard, c in t.shards.items():
+            per_shard[shard] = per_shard.get(shard, 0) + int(c.get("errors") or 0)
+    if per_shard:
+        for s in rs.shards:
+            s.error_rows = per_shard.get(str(s.id), 0)

@@ -1,6 +1,7 @@
 """Atomic file writes: temp file in the same directory, fsync, rename, fsync the directory.
 
-A reader sees either the old file or the complete new one, never a torn one.
+A reader sees either the old file or the complete new one, never a torn one. The file gets the mode a plain
+``open()`` would give it (the umask is respected), so shared project folders can read outputs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,20 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux /proc); elsewhere set-and-restore."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(path: Path) -> None:
@@ -32,7 +47,10 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temp path next to ``target``; on success it is fsynced and renamed onto ``target``."""
     target = Path(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:  # mkstemp creates 0600; the finished file gets what open() would give it (0666 minus the umask)
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -64,36 +82,3 @@ def write_with(target: Path, writer: Callable[[Path], None]) -> None:
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
-
-
-def _lock_holder(fd: int) -> str:
-    """The holder writes its name just after taking the lock: give it a moment before saying 'another'."""
-    import time
-
-    for _ in range(20):
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-        if holder:
-            return holder
-        time.sleep(0.05)
-    return "another process"
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: Path, what: str) -> Iterator[None]:
-    """Non-blocking exclusive flock; raises LockedError naming the holder instead of waiting."""
-    import fcntl
-
-    from hpcgen.errors import LockedError
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _lock_holder(fd)
-            raise LockedError(f"{what}: {path.parent} is locked by {holder}; try again when it finishes") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{what} (pid {os.getpid()})".encode(), 0)
-        yield
-    finally:
-        os.close(fd)

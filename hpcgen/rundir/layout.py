@@ -6,10 +6,11 @@ RUN_DIR/
   parts/s000003.p000012.n64.<tag>.<sha256>.parquet   shard 3, 12th save, 64 rows, by attempt <tag>
   done/s000003.json              shard 3's done marker: rows, parts, checksums (written last)
   attempts/s000003.<job>.json    one per task start on a shard: job id, host, pid, time, error
+  progress/<job>.json            one per task attempt: rows, tokens, finish reasons at each flush (status)
   submissions/0001.json          one per submit/resume: job ids per shard
   logs/                          submitit folder (sbatch scripts, stdout/stderr per task)
   multinode/<job>/node-<rank>.json   multi-node rendezvous and heartbeats
-  .lock                          merge/resume lock
+  .lock.d/owner.json             merge/resume lock (rundir.lock: mkdir + owner record, works on NFS/Lustre)
 ```
 Flat folders keep ``status`` to a few directory listings even with 10,000 shards.
 """
@@ -85,6 +86,10 @@ class RunLayout:
         return self.root / "attempts"
 
     @property
+    def progress_dir(self) -> Path:
+        return self.root / "progress"
+
+    @property
     def submissions_dir(self) -> Path:
         return self.root / "submissions"
 
@@ -94,7 +99,7 @@ class RunLayout:
 
     @property
     def lock(self) -> Path:
-        return self.root / ".lock"
+        return self.root / ".lock.d"
 
     @property
     def scores(self) -> Path:
@@ -109,6 +114,18 @@ class RunLayout:
 
     def attempt(self, shard: int, job_id: str) -> Path:
         return self.attempts_dir / f"s{shard:06d}.{safe_job_id(job_id)}.json"
+
+    def progress(self, job_id: str) -> Path:
+        """Progress record of one task attempt (rundir.progress)."""
+        return self.progress_dir / f"{safe_job_id(job_id)}.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    def log(self, job_id: str, err: bool = False, rank: int = 0) -> Path:
+        """submitit's log of one job (array task): logs/<job>/<job>_<rank>_log.out|err."""
+        return self.logs_dir / job_id / f"{job_id}_{rank}_log.{'err' if err else 'out'}"
 
     def multinode(self, job_id: str) -> Path:
         """Rendezvous folder of one multi-node job attempt (heartbeats, head address)."""

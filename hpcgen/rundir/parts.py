@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from hpcgen.rundir import atomic
 from hpcgen.rundir.layout import PartName, RunLayout
+from hpcgen.rundir.progress import COUNTERS, TaskProgress
 
 log = logging.getLogger("hpcgen.parts")
 
@@ -126,7 +127,7 @@ def write_done(layout: RunLayout, shard: int, parts: list[PartName], errors: int
     atomic.write_json(layout.done(shard), {
         "shard": shard, "rows": sum(p.rows for p in parts), "errors": errors, "parts": entries,
         "checksum": hashlib.sha256("".join(p.sha for p in parts).encode()).hexdigest(), "job_id": jid,
-        "finished": time.time(),
+        "finished": time.time(), "stats": shard_stats(layout, parts),
     })
 
 
@@ -137,6 +138,21 @@ def done_marker_ok(layout: RunLayout, shard: int, rows: int) -> bool:
     except (OSError, ValueError):
         return False
     return marker.get("rows") == rows and all((layout.parts_dir / p["name"]).is_file() for p in marker["parts"])
+
+
+def shard_stats(layout: RunLayout, parts: list[PartName]) -> dict[str, int]:
+    """The progress counters (rundir.progress) of a shard's parts: rows, samples, output tokens, finish
+    reason "length", error rows."""
+    out = dict.fromkeys(COUNTERS, 0)
+    for p in parts:
+        t = pq.read_table(layout.parts_dir / p.name, columns=["finish_reasons", "response_tokens", "gen_error"])
+        reasons = pc.list_flatten(t.column("finish_reasons"))
+        out["rows"] += t.num_rows
+        out["errors"] += t.num_rows - t.column("gen_error").null_count
+        out["samples"] += len(reasons)
+        out["length"] += int(pc.sum(pc.equal(reasons, "length")).as_py() or 0)
+        out["output_tokens"] += int(pc.sum(pc.list_flatten(t.column("response_tokens"))).as_py() or 0)
+    return out
 
 
 def verify_done(layout: RunLayout, shard: int, bounds: tuple[int, int], n_samples: int) -> tuple[
@@ -188,8 +204,9 @@ class PartWriter:
     """Buffers finished rows of one shard and saves them as atomic, checksummed part files."""
 
     def __init__(self, layout: RunLayout, shard: int, next_seq: int, every_rows: int, every_seconds: float,
-                 tag: str = "a0"):
+                 tag: str = "a0", progress: TaskProgress | None = None):
         self.layout, self.shard, self.seq, self.tag = layout, shard, next_seq, tag
+        self.progress = progress  # the task's progress record, updated after each save
         self.every_rows, self.every_seconds = every_rows, every_seconds
         self.rows: list[dict[str, Any]] = []
         self.parts: list[PartName] = []
@@ -216,6 +233,8 @@ class PartWriter:
             table = pa.Table.from_pylist(rows, schema=PART_SCHEMA)
             self.parts.append(write_part(self.layout, self.shard, self.seq, self.tag, table))
             self.seq += 1
+            if self.progress is not None:
+                self.progress.flushed(self.shard, rows)
             self.rows = []
             self.last_flush = time.monotonic()
         finally:

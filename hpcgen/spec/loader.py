@@ -9,6 +9,7 @@ import difflib
 import importlib.resources
 import json
 import os
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,10 +74,33 @@ def _preset(entry: Any, job_file: Path | None) -> tuple[Path, dict[str, Any]]:
     for d in templates_dirs(job_file):
         cand = d / f"{entry}.yaml"
         if cand.is_file():
+            _refuse_foreign_writable(cand, entry)
             return cand, _read_yaml(cand, "preset")
     group = entry.split("/", 1)[0]
     known = sorted({p.stem for d in templates_dirs(job_file) for p in (d / group).glob("*.yaml")})
     raise ConfigError(f"preset {entry!r} not found (known {group} presets: {', '.join(known) or 'none'})")
+
+
+def _refuse_foreign_writable(path: Path, entry: str) -> None:
+    """A preset decides what runs in the sbatch script (setup lines, env): refuse one that another user could
+    have put there. Unsafe: the file or a folder above it owned by another user (not you, not root), or a
+    folder writable by everyone without the sticky bit. Sticky world-writable folders such as /tmp are fine
+    for what you own in them; group-writable project folders are trusted (the group shares presets)."""
+    me = os.geteuid()
+    p = path.resolve()
+    for node in (p, *p.parents):
+        try:
+            st = node.stat()
+        except OSError:
+            continue
+        if st.st_uid not in (me, 0):
+            raise ConfigError(f"preset {entry!r}: {path} is not safe to use: {node} belongs to another user "
+                              f"(uid {st.st_uid}), who could change what runs in your jobs; copy the preset "
+                              "to a folder of yours (search order: see README 'Presets')")
+        if node.is_dir() and st.st_mode & 0o002 and not st.st_mode & 0o1000:
+            raise ConfigError(f"preset {entry!r}: {path} is not safe to use: {node} is writable by every user "
+                              "(and not sticky), so anyone could change what runs in your jobs; copy the preset "
+                              "to a folder only you can write (search order: see README 'Presets')")
 
 
 def _section(ann: Any) -> type[BaseModel] | None:
@@ -122,6 +146,22 @@ def validation_message(exc: ValidationError) -> str:
     return f"key '{loc}': {msg}{shown}" if loc else msg
 
 
+_COMMENT = re.compile(r"(^|\s)#")
+
+
+def check_override_value(key: str, value: str) -> None:
+    """Refuse a value that YAML would not read as written: a line break (the rest would be another line, or
+    a comment), a control character, or an unquoted '#' that starts a comment and silently cuts the value."""
+    if any(c in value for c in "\n\r") or any(ord(c) < 32 and c != "\t" for c in value):
+        raise ConfigError(f"override {key}: the value {value!r} contains a line break or control character; "
+                          "write it on one line")
+    v = value.strip()
+    quoted = len(v) >= 2 and v[0] == v[-1] and v[0] in "'\""
+    if not quoted and _COMMENT.search(value):
+        raise ConfigError(f"override {key}: the value {value!r} would be cut at '#' (a YAML comment); "
+                          f"quote it ({key}=\"'...'\") or leave the '#' out")
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """verl/Hydra style ``a.b=value`` (a leading '+' is accepted); values are parsed as YAML scalars."""
     from omegaconf import OmegaConf
@@ -131,6 +171,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r} must look like KEY=VALUE, e.g. data.n_samples=8")
+        check_override_value(*item.lstrip("+").split("=", 1))
         clean.append(item.lstrip("+"))
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist(clean), resolve=True)  # type: ignore[return-value]

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import submitit
 
 from hpcgen import __version__
@@ -31,48 +30,13 @@ from hpcgen.rundir.fingerprint import changed_inputs
 from hpcgen.rundir.layout import RunLayout, part_tag
 from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
 from hpcgen.rundir.parts import PART_SCHEMA, PartWriter, done_marker_ok, usable_parts, write_done
+from hpcgen.rundir.progress import TaskProgress, task_gpus
 from hpcgen.spec.schema import JobSpec
 from hpcgen.task.identity import job_id, restart_count
+from hpcgen.task.prompts import read_prompts
 
 log = logging.getLogger("hpcgen.task.worker")
 
-
-
-# --- reading ---------------------------------------------------------------------------------------
-
-
-def read_prompts(manifest: dict[str, Any], shard: int) -> Iterator[tuple[int, Any]]:
-    """(row_id, prompt value) for the shard's rows only; a missing key yields None (a per-row error)."""
-    start, end = manifest["shards"][shard]
-    ds, key = manifest["dataset"], manifest["job"]["data"]["prompt_key"]
-    if ds["format"] == "jsonl":
-        with open(ds["path"], "rb") as fh:
-            fh.seek(manifest["jsonl_offsets"][shard])
-            row = start
-            for line in fh:
-                if row >= end:
-                    break
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line.decode("utf-8")).get(key)
-                except (UnicodeDecodeError, ValueError, AttributeError):
-                    value = None
-                yield row, value
-                row += 1
-        return
-    pf = pq.ParquetFile(ds["path"])
-    md, first = pf.metadata, 0
-    for rg in range(md.num_row_groups):
-        n = md.row_group(rg).num_rows
-        lo, hi = max(start, first), min(end, first + n)
-        if lo < hi:
-            col = pf.read_row_group(rg, columns=[key]).column(0).slice(lo - first, hi - lo)
-            for i, value in enumerate(col.to_pylist()):
-                yield lo + i, value
-        first += n
-        if first >= end:
-            break
 
 
 def error_row(row_id: int, message: str) -> dict[str, Any]:
@@ -225,6 +189,8 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
             atomic.write_json(layout.attempt(shard, jid), {"shard": shard, "job_id": jid, "error": problem,
                                                             "started": time.time(), "ended": time.time()})
         raise RunDirError(problem)
+    progress = TaskProgress(layout, jid, task_gpus(spec))  # counters for status, saved at each part flush
+    progress.save()
     engine = None
     perf = {"engine_start_s": 0.0, "gen_s": 0.0, "rows": 0}
     summary: dict[str, Any] = {"job_id": jid, "shards": {}}
@@ -243,7 +209,7 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
             saved = old.ids
             next_seq = max((p.seq for p in listed), default=-1) + 1
             writer = PartWriter(layout, shard, next_seq, spec.checkpoint.every_rows, spec.checkpoint.every_seconds,
-                                tag=part_tag(jid))
+                                tag=part_tag(jid), progress=progress)
             if task is not None:
                 task._writer = writer
             todo = ((r, v) for r, v in read_prompts(manifest, shard) if r not in saved)
@@ -270,12 +236,14 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
             record["traceback"] = traceback.format_exc(limit=20)
             record["ended"] = time.time()
             atomic.write_json(attempt, record)
+            progress.finish(str(record["error"]))
             raise
         finally:
             if task is not None:
                 task._writer = None
         record["ended"] = time.time()
         atomic.write_json(attempt, record)
+    progress.finish()
     if perf["rows"] and perf["gen_s"] > 0 and engine_factory is None:
         from hpcgen.rundir.measurements import record_measurement
 
