@@ -226,20 +226,12 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     from hpcgen.errors import SiteCheckError
     from hpcgen.login import doctor
 
-    job = None
-    if a.job:
-        from hpcgen.spec.loader import load_job
-
-        job = load_job(Path(a.job), a.overrides)
-    spec = doctor.doctor_spec(job, partition=a.partition, gpus=a.gpus)
+    if a.job and "=" in a.job and not Path(a.job).exists():  # `doctor KEY=VALUE` without a job file
+        a.overrides, a.job = [a.job, *a.overrides], None
+    spec = doctor.doctor_spec(Path(a.job) if a.job else None, a.overrides, partition=a.partition, gpus=a.gpus)
     run_root = Path(a.run_dir) if a.run_dir else Path.cwd() / "runs"
-    output = spec.data.output_path if job is not None else None
-    if output:
-        from hpcgen.spec.loader import expand_path
-
-        output = str(expand_path(output))
-    checks = doctor.run(spec, run_root=run_root, output_path=output, timeout=a.timeout,
-                        report=lambda c: print(c.line(), flush=True))
+    checks = doctor.run(spec, run_root=run_root, output_path=spec.data.output_path if a.job else None,
+                        timeout=a.timeout, report=lambda c: print(c.line(), flush=True))
     failed = [c.name for c in checks if c.ok is False]
     if failed:
         raise SiteCheckError(f"{len(failed)} check(s) failed: {', '.join(dict.fromkeys(failed))}")

@@ -109,6 +109,40 @@ def test_without_slurm_commands_doctor_says_so(tmp_path, job):
     assert res.stderr.strip().splitlines()[-1] == "hpcgen: error: 1 check(s) failed: slurm commands"
 
 
+def test_accounting_off_and_a_down_partition_are_named(monkeypatch, tmp_path):
+    from hpcgen.login import partition as part
+
+    d = doctor.Doctor(spec=doctor.doctor_spec(None, [], partition="gpu", gpus=1), run_root=tmp_path,
+                      output_dir=tmp_path)
+    assert doctor.check_accounting(d, {"AccountingStorageType": "accounting_storage/none"}) is False
+    assert d.checks[-1].ok is False and "sacct knows no jobs" in d.checks[-1].detail
+    node = part.Node("n1", 4, 8000, 4, "DOWN*")
+    down = part.Cluster({"gpu": part.Partition("gpu", True, "DOWN", None, None, None, None, None, [node])})
+    monkeypatch.setattr(part, "read_cluster", lambda: down)
+    doctor.check_partition(d, {"MaxArraySize": "1001"})
+    c = next(c for c in d.checks if c.name == "partition")
+    assert c.ok is False and "state DOWN; 0 of 1 nodes usable" in c.detail
+
+
+def test_the_test_job_uses_the_site_file_and_its_container(monkeypatch, tmp_path):
+    """Without a job file the stand-in still takes the site file's partition, account and container; the
+    probe's sbatch text is the job's own header with the probe as command (the folder mounted)."""
+    import yaml
+
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"slurm": {"partition": "batch", "account": "proj1", "container": {
+        "runtime": "pyxis", "image": "/images/vllm.sqsh"}}, "env": {"HF_HOME": "/scratch/hf"}}))
+    monkeypatch.setenv("HPCGEN_SITE", str(site))
+    spec = doctor.doctor_spec(None, [], partition=None, gpus=2)
+    assert (spec.slurm.partition, spec.slurm.account, spec.slurm.gpus_per_node) == ("batch", "proj1", 2)
+    folder = tmp_path / "runs" / ".hpcgen-doctor-x"
+    text = doctor.probe_script(spec, folder, tmp_path / "runs")
+    assert "#SBATCH --partition=batch" in text and "#SBATCH --account=proj1" in text
+    assert "#SBATCH --gpus-per-node=2" in text and "#SBATCH --time=3" in text and "--requeue" not in text
+    assert "--container-image=/images/vllm.sqsh" in text and f"{folder}:{folder}" in text
+    assert text.rstrip().endswith(f"-u -m hpcgen.task.probe {folder} {tmp_path / 'runs'}")
+
+
 # --- on the throwaway cluster -------------------------------------------------------------------------
 
 
@@ -133,6 +167,9 @@ def test_a_missing_gpu_is_named_before_any_job(cluster, tmp_path, job):
     assert ("FAIL  request: slurm.gpus_per_node=5 does not fit partition gpu: its nodes have at most 4 GPUs"
             in res.stdout), res.stdout
     assert "SKIP  test job: not queued" in res.stdout
+    res = hpcgen("doctor", "--gpus", "5", "--run-dir", str(tmp_path / "runs"), cwd=tmp_path, env=cluster.env)
+    assert res.returncode == 7 and "at most 4 GPUs" in res.stdout, res.stdout  # no job file: --gpus
+    assert doctor.doctor_spec(None, [], partition=None, gpus=None).slurm.gpus_per_node == 1  # GPUs here: one
 
 
 @slurm
@@ -182,3 +219,5 @@ def test_a_job_environment_without_hpcgen_is_named(cluster, tmp_path, job):
     assert lines["test job"] == ["FAIL"] and "No module named 'hpcgen'" in res.stdout, res.stdout
     assert "install hpcgen where the job runs" in res.stdout
     assert lines["shared filesystem"] == ["PASS"]  # its log reached the run directory
+    kept = list((tmp_path / "runs").glob(".hpcgen-doctor-*"))
+    assert len(kept) == 1 and f"the test job's files are in {kept[0]}" in res.stdout

@@ -104,6 +104,14 @@ def test_each_key_that_does_not_fit_is_named():
                                                   "(partitions: gpu, cpu)"
 
 
+def test_per_node_and_per_cpu_limits():
+    c = _cluster()
+    c.partitions["gpu"].max_cpus_per_node = 2
+    assert "it allows at most 2 CPUs per node (MaxCPUsPerNode)" in _refused(c, "slurm.cpus_per_task=3")
+    c.partitions["gpu"].max_mem_per_cpu_mb = 1000
+    assert "at most 1000 MB per CPU x 2 CPUs (MaxMemPerCPU)" in _refused(c, "slurm.cpus_per_task=2", "slurm.mem=3G")
+
+
 def test_node_count_and_shapes_together():
     c = _cluster()
     msg = _refused(c, "trainer.nnodes=3", "trainer.n_gpus_per_node=1")

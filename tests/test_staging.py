@@ -53,9 +53,10 @@ def test_is_hub_id(tmp_path, monkeypatch):
     assert not staging.is_hub_id("org/name")  # a local directory of that name wins
 
 
-def test_pinned_downloaded_once_then_found(hub, tmp_path):
+def test_pinned_downloaded_once_then_found(hub, tmp_path, capfd):
     cache = tmp_path / "hf" / "hub"
     first = staging.stage(REPO_ID, "main", cache)
+    assert "Fetching 2 files" in capfd.readouterr().err  # huggingface_hub's progress bar, on stderr
     sha = hub.repos[REPO_ID].sha
     assert first.revision == sha and first.downloaded_bytes > 0
     assert Path(first.snapshot) == cache / "models--hpcgen-test--tiny" / "snapshots" / sha
@@ -92,6 +93,9 @@ def test_dry_run_downloads_nothing(hub, tmp_path, small_dataset):
     plan = make_plan(spec, job_file=None, overrides=[], download=False)
     assert plan.spec.model.path == REPO_ID and "model_source" not in plan.manifest
     assert any("submit will pin its revision and download it" in n for n in plan.notes)
+    job = write_job(tmp_path / "job.yaml", data=small_dataset, model=Path(REPO_ID))
+    res = hpcgen("submit", str(job), "--dry-run", env={"HF_HOME": str(tmp_path / "hf")})  # HF_ENDPOINT: hub
+    assert res.returncode == 0 and "#SBATCH" in res.stdout and "submit will pin its revision" in res.stderr
     assert hub.requests == []
 
 

@@ -373,19 +373,33 @@ def run(spec: JobSpec, *, run_root: Path, output_path: str | None, timeout: floa
     return d.checks
 
 
-def doctor_spec(job: JobSpec | None, *, partition: str | None, gpus: int | None) -> JobSpec:
-    """The job's spec (its partition, account, setup, GPUs, python), or a one-CPU stand-in without a job file;
-    ``--partition`` and ``--gpus`` override."""
-    if job is None:
-        job = JobSpec.model_validate({"data": {"path": "-"}, "model": {"path": "-"},
-                                      "slurm": {"cpus_per_task": 1, "time": f"00:0{PROBE_MINUTES}:00"}})
-        if gpus is None:  # one GPU where the partition has GPUs
-            try:
-                p = part.read_cluster().partition(partition)
-                gpus = 1 if any(n.gpus for n in p.nodes) else 0
-            except HpcgenError:
-                gpus = 0
-    spec = job.model_copy(deep=True)
+def doctor_spec(job_file: Path | None, overrides: list[str], *, partition: str | None,
+                gpus: int | None) -> JobSpec:
+    """The job's spec as ``submit`` would build it (presets, the site file, overrides; paths made absolute as
+    the plan makes them, so container mounts hold), or without a job file a one-CPU stand-in that still takes
+    the site file's partition, account, setup, python and container. ``--partition``/``--gpus`` override."""
+    from hpcgen.login.staging import is_hub_id
+    from hpcgen.spec.loader import expand_path, load_job
+    from hpcgen.spec.site import load_site, site_path
+
+    site_file, _ = site_path()
+    stand_in = None if job_file else {"data": {"path": os.devnull}, "model": {"path": "-"},
+                                      "slurm": {"cpus_per_task": 1}}
+    spec = load_job(job_file, overrides, data=stand_in, site=load_site(site_file) if site_file else None)
+    if job_file:
+        spec.data.path = str(expand_path(spec.data.path))
+        if spec.data.output_path:
+            spec.data.output_path = str(expand_path(spec.data.output_path))
+        for attr in ("path", "tokenizer_path"):
+            value = getattr(spec.model, attr)
+            if value and not is_hub_id(value):
+                setattr(spec.model, attr, str(expand_path(value)))
+    elif gpus is None:  # one GPU where the partition has GPUs
+        try:
+            p = part.read_cluster().partition(partition or spec.slurm.partition)
+            gpus = 1 if any(n.gpus for n in p.nodes) else 0
+        except HpcgenError:
+            gpus = 0
     if partition:
         spec.slurm.partition = partition
     if gpus is not None:
