@@ -87,6 +87,16 @@ def test_plan_records_the_revision_and_tasks_run_offline(hub, tmp_path, small_da
     assert any(f"pinned to revision {sha}" in n for n in plan.notes)
 
 
+def test_a_hub_tokenizer_is_staged_too(hub, tmp_path, small_dataset, fake_model):
+    spec = load_job(None, [], data={"data": {"path": str(small_dataset)},
+                                    "model": {"path": str(fake_model), "tokenizer_path": REPO_ID},
+                                    "env": {"HF_HOME": str(tmp_path / "hf")}})
+    plan = make_plan(spec, job_file=None, overrides=[])
+    src = plan.manifest["model_source"]
+    assert list(src) == ["tokenizer"] and src["tokenizer"]["revision"] == hub.repos[REPO_ID].sha
+    assert plan.spec.model.path == str(fake_model) and plan.spec.model.tokenizer_path == src["tokenizer"]["snapshot"]
+
+
 def test_dry_run_downloads_nothing(hub, tmp_path, small_dataset):
     spec = load_job(None, [], data={"data": {"path": str(small_dataset)}, "model": {"path": REPO_ID},
                                     "env": {"HF_HOME": str(tmp_path / "hf")}})
