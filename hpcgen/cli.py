@@ -41,6 +41,8 @@ def cmd_submit(a: argparse.Namespace) -> int:
     res = ops.submit(Path(a.job), a.overrides, run_dir=Path(a.run_dir) if a.run_dir else None,
                      executor=a.executor, dry_run=a.dry_run)
     p = res.plan
+    for note in res.notes:  # model staging, and a partition check that could not run
+        _err(note)
     sizes = [e - s for s, e in p.shards]
     _err(f"plan: {p.dataset.rows} rows of {p.dataset.path} -> {len(p.shards)} shards "
          f"({min(sizes)}-{max(sizes)} rows), {len(p.tasks)} tasks, n_samples={p.spec.data.n_samples}")
@@ -220,6 +222,23 @@ def cmd_score(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from hpcgen.errors import SiteCheckError
+    from hpcgen.login import doctor
+
+    if a.job and "=" in a.job and not Path(a.job).exists():  # `doctor KEY=VALUE` without a job file
+        a.overrides, a.job = [a.job, *a.overrides], None
+    spec = doctor.doctor_spec(Path(a.job) if a.job else None, a.overrides, partition=a.partition, gpus=a.gpus)
+    run_root = Path(a.run_dir) if a.run_dir else Path.cwd() / "runs"
+    checks = doctor.run(spec, run_root=run_root, output_path=spec.data.output_path if a.job else None,
+                        timeout=a.timeout, report=lambda c: print(c.line(), flush=True))
+    failed = [c.name for c in checks if c.ok is False]
+    if failed:
+        raise SiteCheckError(f"{len(failed)} check(s) failed: {', '.join(dict.fromkeys(failed))}")
+    _err(f"doctor: all {len([c for c in checks if c.ok])} checks passed")
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------------------
 
 
@@ -276,6 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.set_defaults(fn=cmd_cancel)
 
+    s = sub.add_parser("doctor", help="check this site before the first real run (one line per check)")
+    s.add_argument("job", nargs="?", help="job file whose partition, GPUs, setup and output path to check")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any key of the job")
+    s.add_argument("--partition", help="partition to check (default: the job's, else the cluster's default)")
+    s.add_argument("--gpus", type=int, help="GPUs per node for the test job (default: the job's, else 1 where "
+                   "the partition has GPUs)")
+    s.add_argument("--run-dir", help="where runs go: the test job's files are written there (default ./runs)")
+    s.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the test job (default 180)")
+    s.set_defaults(fn=cmd_doctor)
+
     s = sub.add_parser("score", help="grade merged answers: mean@n ± se, pass@k, maj@k per data_source")
     s.add_argument("target", help="a run directory or a merged .parquet/.jsonl file")
     s.add_argument("--json", action="store_true")
@@ -295,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "submit":  # KEY=VALUE may come after options, as in verl
+    if args.command in ("submit", "doctor"):  # KEY=VALUE may come after options, as in verl
         args.overrides += [x for x in extra if "=" in x and not x.startswith("-")]
         extra = [x for x in extra if x not in args.overrides]
     if extra:

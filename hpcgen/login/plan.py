@@ -10,7 +10,6 @@ import errno
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -22,13 +21,13 @@ from typing import Any
 from hpcgen import __version__
 from hpcgen.errors import DatasetError, ModelError, RunDirError
 from hpcgen.login.merge_input import KindCheck, check_names, output_format
+from hpcgen.login.staging import is_hub_id, stage_models
 from hpcgen.rundir import atomic
 from hpcgen.rundir.fingerprint import dataset_sample, model_fingerprint
 from hpcgen.rundir.layout import FORMAT, RunLayout, check_writable
 from hpcgen.spec.loader import expand_path
 from hpcgen.spec.schema import JobSpec
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
@@ -129,11 +128,13 @@ def check_model(model_path: str, tokenizer_path: str | None = None) -> str:
     """Local model directories need a config and a tokenizer; hub ids are left to the task."""
     p = expand_path(model_path)
     if not p.exists():
-        if _HUB_ID.match(model_path) and not model_path.startswith((".", "/", "~", "$")):
+        if is_hub_id(model_path):  # not staged (dry run, model not in the cache yet)
             return model_path
         raise ModelError(f"model.path {model_path} does not exist")
     if not (p / "config.json").is_file():
         raise ModelError(f"model.path {p} has no config.json")
+    if tokenizer_path and is_hub_id(tokenizer_path):  # not staged (dry run)
+        return str(p)
     tok = expand_path(tokenizer_path) if tokenizer_path else p
     if not any((tok / f).is_file() for f in _TOKENIZER_FILES):
         raise ModelError(f"model.path {tok} has no tokenizer (tokenizer.json / tokenizer_config.json)")
@@ -163,16 +164,19 @@ class Plan:
     shards: list[tuple[int, int]]
     tasks: list[list[int]]
     manifest: dict[str, Any]
+    notes: list[str] = field(default_factory=list)  # for stderr (model staging)
 
 
-def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str]) -> Plan:
-    """Validate everything the login node can check and build the manifest (nothing written yet)."""
+def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str], download: bool = True) -> Plan:
+    """Validate everything the login node can check and build the manifest (nothing written yet).
+    A hub-id model is staged first (``download=False``, as in a dry run: only found in the cache)."""
     data_path = expand_path(spec.data.path)
     output = str(expand_path(spec.data.output_path)) if spec.data.output_path else ""
     out_fmt = output_format(Path(output)) if output else "parquet"
     dataset = inspect_dataset(data_path, spec.data.prompt_key, parquet_output=out_fmt == "parquet")
     check_names(dataset.columns, spec.merge.model_dump(), spec.merge.metadata, f"data.path {data_path}")
-    model_path = check_model(spec.model.path, spec.model.tokenizer_path)
+    staged = stage_models(spec, download=download)
+    model_path = check_model(staged.model_path, staged.tokenizer_path)
     shards = shard_ranges(dataset.rows, spec.sharding.num_shards, spec.sharding.rows_per_shard)
     tasks = task_groups(len(shards), spec.sharding.shards_per_task)
     if output:
@@ -180,6 +184,8 @@ def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str]) -> P
     resolved = spec.model_copy(deep=True)
     resolved.data.path = str(data_path)
     resolved.model.path = model_path
+    resolved.model.tokenizer_path = staged.tokenizer_path
+    resolved.env = {**resolved.env, **staged.task_env}
     resolved.data.output_path = output or None
     offsets = [dataset.line_offsets[s] for s, _ in shards] if dataset.format == "jsonl" else []
     manifest = {
@@ -197,7 +203,9 @@ def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str]) -> P
         "jsonl_offsets": offsets,
         "tasks": tasks,
     }
-    return Plan(resolved, dataset, model_path, output, shards, tasks, manifest)
+    if staged.sources:  # hub id -> pinned revision and snapshot folder
+        manifest["model_source"] = staged.sources
+    return Plan(resolved, dataset, model_path, output, shards, tasks, manifest, staged.notes)
 
 
 def create_run_dir(run_dir: Path, manifest: dict[str, Any], *, unique: bool = False) -> RunLayout:
