@@ -78,7 +78,8 @@ def build(rows: int, shards: int) -> Path:
     import numpy as np
 
     from hpcgen.login.plan import create_run_dir, make_plan
-    from hpcgen.rundir.parts import write_done, write_part
+    from hpcgen.rundir.chunks import shard_chunks
+    from hpcgen.rundir.parts import finalize_shard, write_chunk_done, write_part
     from hpcgen.spec.loader import load_job
 
     root = common.BENCH_DIR / f"merge-{rows}-{shards}"
@@ -95,12 +96,13 @@ def build(rows: int, shards: int) -> Path:
     rng = np.random.default_rng(0)
     words = ["".join(chr(97 + int(c)) for c in rng.integers(0, 26, size=int(k))) for k in rng.integers(1, 10, 2000)]
     corpus = " ".join(words[int(i)] for i in rng.integers(0, len(words), 600_000)).encode()
-    for shard, (lo, hi) in enumerate(plan.shards):
-        parts = []
-        for seq, first in enumerate(range(lo, hi, PART_ROWS)):
-            n = min(PART_ROWS, hi - first)
-            parts.append(write_part(layout, shard, seq, "bench0", part_table(rng, corpus, first, n)))
-        write_done(layout, shard, parts, 0, "bench")
+    for shard, bounds in enumerate(plan.shards):  # every chunk saved every PART_ROWS rows, marked, shard marked
+        for chunk, (clo, chi) in enumerate(shard_chunks(bounds, plan.manifest["chunk_rows"])):
+            parts = [write_part(layout, shard, chunk, seq, "bench0", part_table(rng, corpus, first,
+                                                                               min(PART_ROWS, chi - first)))
+                     for seq, first in enumerate(range(clo, chi, PART_ROWS))]
+            write_chunk_done(layout, shard, chunk, parts, 0, "bench0", 0)
+        finalize_shard(layout, plan.manifest, shard)
     stamp.write_text("ok")
     return layout.root
 
@@ -134,7 +136,7 @@ def sibling_run(run_dir: Path, name: str, *, done: int | None = None, one_row_gr
     (root / "done").mkdir()
     for f in sorted((run_dir / "done").iterdir())[:done]:
         shutil.copy(f, root / "done" / f.name)
-    (root / "parts").symlink_to(run_dir / "parts")
+    (root / "work").symlink_to(run_dir / "work")
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
 
@@ -146,7 +148,7 @@ def warm_floor(run_dir: Path, out: Path) -> float:
     import pyarrow.dataset  # noqa: F401
     import pyarrow.parquet as pq
 
-    first = min((run_dir / "parts").glob("*.parquet"))
+    first = min((run_dir / "work").glob("*/*.parquet"))
     pq.write_table(pq.read_table(pa.BufferReader(first.read_bytes())), out)
     out.unlink()
     return common.vmhwm_mb()
@@ -171,7 +173,7 @@ def child_baseline(run_dir: Path, out: Path) -> None:
     floor = warm_floor(run_dir, out)
     t = time.perf_counter()
     inp_path = load_manifest(run_dir)["dataset"]["path"]
-    files = sorted((run_dir / "parts").glob("*.parquet"))
+    files = sorted((run_dir / "work").glob("*/*.parquet"))
     gen = pa.concat_tables([pq.read_table(f) for f in files]).sort_by("row_id")
     inp = pq.read_table(inp_path)
     assert (gen.column("row_id").to_numpy() == np.arange(inp.num_rows)).all()  # noqa: S101
@@ -206,13 +208,13 @@ def main() -> None:
     run_dir = build(a.rows, a.shards)
     small_run = sibling_run(run_dir, "run-first10", done=a.shards // 10)
     rg_run = sibling_run(run_dir, "run-1rg", one_row_group=True)
-    parts = sorted((run_dir / "parts").glob("*.parquet"))
+    parts = sorted((run_dir / "work").glob("*/*.parquet"))
     parts_mb = sum(p.stat().st_size for p in parts) / 1e6
     print(f"[{B}] run {run_dir}: {len(parts)} part files, {parts_mb:.0f} MB on disk, ready in "
           f"{time.perf_counter() - t:.1f}s (cached after the first build)", flush=True)
     import pyarrow.parquet as pq
 
-    shard_mb = sum(pq.read_table(p).nbytes for p in parts if p.name.startswith("s000000.")) / 1e6
+    shard_mb = sum(pq.read_table(p).nbytes for p in parts if p.parent.name == "s000000") / 1e6
     out = common.bench_dir("merge-out") / "merged.parquet"
     runs: dict[str, list[dict]] = {"hpcgen": [], "baseline": []}
     for kind in a.order.split(","):

@@ -90,9 +90,14 @@ def build_run(root: Path, shards: int) -> tuple[Path, list[str]]:
         jid = jobs[s] + ".r0"
         tag = jid.replace(".", "-")
         rows = [end - start] if s < done_n else [(end - start) // 3] * 2
-        names = [common.part_name(s, seq, n, tag) for seq, n in enumerate(rows)]
-        for p in names:
-            os.link(proto, layout.parts_dir / p.name)
+        names = [common.part_name(s, seq, 0, n, tag) for seq, n in enumerate(rows)]
+        layout.shard_dir(s).mkdir(parents=True, exist_ok=True)
+        for p in names:  # a running shard: two chunks claimed, one of them marked done, parts saved
+            os.link(proto, layout.part(p))
+        if s >= done_n:
+            for c in range(2):
+                layout.lease(s, c, 0).write_text(jid)
+            layout.chunk_done(s, 0).write_text("{}")
         layout.attempt(s, jid).write_text(json.dumps({"shard": s, "job_id": jid, "host": "n1", "pid": 1,
                                                       "started": time.time() - 600, "error": None}))
         # the task's progress record, as the worker writes it at each flush (status reads these, not parts)
@@ -109,7 +114,7 @@ def build_run(root: Path, shards: int) -> tuple[Path, list[str]]:
         if s < done_n:
             layout.done(s).write_text(json.dumps({
                 "shard": s, "rows": end - start, "errors": 0, "job_id": jid, "finished": time.time(),
-                "parts": [{"name": p.name, "rows": end - start, "sha256": "0" * 64} for p in names]}))
+                "parts": [{"name": p.rel, "rows": end - start, "sha256": "0" * 64} for p in names]}))
     return layout.root, arrays
 
 

@@ -154,7 +154,7 @@ def agreement(run_dir: Path, bare_out: Path) -> float:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    parts = sorted((run_dir / "parts").glob("*.parquet"))
+    parts = sorted((run_dir / "work").glob("*/*.parquet"))
     h = pa.concat_tables([pq.read_table(p, columns=["row_id", "responses"]) for p in parts]).sort_by("row_id")
     b = pq.read_table(bare_out, columns=["row_id", "responses"]).sort_by("row_id")
     hr, br = h.column("responses").to_pylist(), b.column("responses").to_pylist()
@@ -229,7 +229,7 @@ def main() -> None:
         (root / f"run{i}-{kind}.log").write_text(res["stderr"])
         rec = {**common.child_json(res), "wall_s": res["wall_s"]}
         if kind == "hpcgen":
-            rec["parts"] = len(list((run_dir / "parts").glob("*.parquet")))
+            rec["parts"] = len(list((run_dir / "work").glob("*/*.parquet")))
         results[kind].append(rec)
         print(f"[{B}] run {i} {kind}: " + json.dumps({k: round(v, 2) for k, v in rec.items()}), flush=True)
 

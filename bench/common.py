@@ -177,11 +177,11 @@ def big_prompt_parquet(rows: int = 10_000_000, row_group: int = 100_000) -> Path
     return path
 
 
-def part_name(shard: int, seq: int, rows: int, tag: str = "bench0") -> Any:
+def part_name(shard: int, chunk: int, seq: int, rows: int, tag: str = "bench0") -> Any:
     """A PartName with a placeholder checksum (for listings only: such a part does not verify)."""
     from hpcgen.rundir.layout import PartName
 
-    return PartName(shard, seq, rows, tag, "0" * 64)
+    return PartName(shard, chunk, seq, rows, tag, "0" * 64)
 
 
 def squeue_jobs(job_ids: list[str]) -> list[str]:

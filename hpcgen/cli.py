@@ -175,18 +175,33 @@ def cmd_report(a: argparse.Namespace) -> int:
 def cmd_resume(a: argparse.Namespace) -> int:
     from hpcgen.login import ops
 
-    sub, state, bad = ops.resume(Path(a.run_dir))
+    sub, state, bad = ops.resume(Path(a.run_dir), tasks=a.tasks)
     if bad:
         _err(f"shards {bad} had parts that no longer verify: regenerating them")
     if sub is None:
         _err(f"nothing to resume: {_summary_line(state)}")
     else:
-        _err(f"resubmitted {len(sub.jobs)} shard(s) as {', '.join(sub.arrays)} ({sub.executor})")
+        n_tasks = len(set(sub.jobs.values())) + len(sub.extra_tasks)
+        _err(f"resubmitted {len(sub.jobs)} shard(s) as {n_tasks} task(s): {', '.join(sub.arrays)} ({sub.executor})")
     try:
         if sub is not None and a.wait:
             _wait(Path(a.run_dir))
     finally:
         print(Path(a.run_dir).resolve(), flush=True)
+    return 0
+
+
+def cmd_scale(a: argparse.Namespace) -> int:
+    from hpcgen.errors import UserError
+    from hpcgen.login import ops
+
+    text = a.add.strip()
+    if not text.lstrip("+").isdigit():
+        raise UserError(f"scale: {a.add!r} is not a number of tasks to add, e.g. +4")
+    sub, state = ops.scale(Path(a.run_dir), int(text.lstrip("+")))
+    _err(f"added {len(sub.extra_tasks)} task(s) as {', '.join(sub.arrays)} ({sub.executor}); they take over "
+         f"remaining work at once: {_summary_line(state)}")
+    print(Path(a.run_dir).resolve())
     return 0
 
 
@@ -197,6 +212,8 @@ def cmd_merge(a: argparse.Namespace) -> int:
                     allow_partial=a.allow_partial, metadata=False if a.no_metadata else None)
     if res.missing_shards:
         _err(f"partial merge: {len(res.missing_shards)} shard(s) missing")
+    if res.dropped_rows:
+        _err(f"dropped {res.dropped_rows} duplicate row(s): saved by a task after another took its chunk over")
     _err(f"merged {res.rows} rows from {res.shards} shards ({res.error_rows} rows with errors) "
          f"in {res.seconds:.1f}s")
     print(res.output)
@@ -281,8 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("resume", help="resubmit only the shards that are not done")
     s.add_argument("run_dir")
+    s.add_argument("--tasks", type=int, help="this many tasks share whatever is left (default: one per open shard)")
     s.add_argument("--wait", action="store_true")
     s.set_defaults(fn=cmd_resume)
+
+    s = sub.add_parser("scale", help="add tasks to a running run; they take over remaining work")
+    s.add_argument("run_dir")
+    s.add_argument("add", metavar="+K", help="number of tasks to add, e.g. +4")
+    s.set_defaults(fn=cmd_scale)
 
     s = sub.add_parser("merge", help="verify and merge every shard into one ordered file")
     s.add_argument("run_dir")

@@ -73,3 +73,19 @@ def fake_model(tmp_path: Path) -> Path:
     return m
 
 
+
+
+@pytest.fixture(scope="session")
+def fault_data(tmp_path_factory) -> Path:
+    """96 mixed rows shared by the fault and stealing tests on the cluster."""
+    from faultkit import make_fault_data
+
+    return make_fault_data(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def reference(cluster, tiny_model, fault_data, tmp_path_factory) -> list[list[str]]:
+    """The uninterrupted reference run's responses for ``fault_data`` (3 shards, one local task)."""
+    from faultkit import make_reference
+
+    return make_reference(tiny_model, fault_data, tmp_path_factory)

@@ -40,6 +40,18 @@ def hpcgen(*args: str, cwd: Path | None = None, env: dict[str, str] | None = Non
                           text=True, timeout=timeout, env={**os.environ, "HPCGEN_POLL_SECONDS": "2", **(env or {})})
 
 
+def part_files(run_dir: Path, shard: int | None = None) -> list[Path]:
+    """Every part file of a run (or of one shard), in shard, chunk, save order."""
+    pattern = "*/*.parquet" if shard is None else f"s{shard:06d}/*.parquet"
+    return sorted((Path(run_dir) / "work").glob(pattern))
+
+
+def parts_of(layout: Any, shard: int) -> list[Any]:
+    """PartNames of one shard, in chunk and save order."""
+    scan = layout.scan(shard)
+    return [p for c in sorted(scan.parts) for p in scan.parts[c]]
+
+
 def status_json(run_dir: Path) -> dict[str, Any]:
     res = hpcgen("status", str(run_dir), "--json")
     assert res.returncode == 0, res.stderr
@@ -88,7 +100,8 @@ def make_run(tmp_path: Path, dataset: Path, model: Path, *overrides: str) -> Any
     from hpcgen.spec.loader import load_job
 
     data = {"data": {"path": str(dataset), "n_samples": 2}, "model": {"path": str(model)},
-            "sharding": {"num_shards": 3}, "checkpoint": {"every_rows": 4}}
+            "sharding": {"num_shards": 3, "steal": False}, "checkpoint": {"every_rows": 4},
+            "rollout": {"max_num_seqs": 8}}  # 8 rows in flight: chunks of 8 rows, claimed one ahead
     spec = load_job(None, list(overrides), data=data)
     plan = make_plan(spec, job_file=None, overrides=list(overrides))
     return create_run_dir(tmp_path / "run", plan.manifest)

@@ -9,77 +9,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import REPO, hpcgen, status_json, write_job
+from faultkit import PACE_S, ROWS, SLOW, merged, parts, start, wait_for  # noqa: F401
+from helpers import REPO, hpcgen, part_files, status_json
 
 from hpcgen.rundir import atomic
 
 pytestmark = [pytest.mark.slurm, pytest.mark.vllm]
-
-ROWS = 96
-SLOW = {"rollout": {"response_length": 48, "max_num_seqs": 4}, "checkpoint": {"every_rows": 4, "every_seconds": 5}}
-# The faulted task pauses after each engine step (HPCGEN_TEST_STEP_DELAY_S in the submitting environment,
-# which sbatch passes to the job and a requeued job keeps; a later `resume` runs unpaced), so that the fault
-# lands mid-shard however fast this machine generates (96 rows take ~4 s unpaced on a quiet 2-core machine).
-# Pacing does not change samples (per-row seeds), so the unpaced reference stays the reference.
-PACE_S = "0.01"
-
-
-@pytest.fixture(scope="module")
-def fault_data(tmp_path_factory) -> Path:
-    from hpcgen_dev.datasets import make_dataset
-
-    return make_dataset(tmp_path_factory.mktemp("faults") / "d.parquet", ROWS, style="mixed", seed=11)
-
-
-@pytest.fixture(scope="module")
-def reference(cluster, tiny_model, fault_data, tmp_path_factory) -> list[list[str]]:
-    """The uninterrupted run: 3 shards, one local task."""
-    work = tmp_path_factory.mktemp("reference")
-    job = write_job(work / "job.yaml", data=fault_data, model=tiny_model, **SLOW,
-                    sharding={"num_shards": 3, "shards_per_task": 3})
-    res = hpcgen("submit", str(job), "--executor", "local", "--wait", "--run-dir", str(work / "run"))
-    assert res.returncode == 0, res.stderr
-    return merged(work / "run", work / "ref.parquet")
-
-
-def merged(run_dir: Path, out: Path) -> list[list[str]]:
-    res = hpcgen("merge", str(run_dir), "--output", str(out))
-    assert res.returncode == 0, res.stderr
-    table = pq.read_table(out)
-    assert table.num_rows == ROWS  # merge itself verified each row id exactly once with n responses
-    return table.column("responses").to_pylist()
-
-
-def start(tmp: Path, model: Path, data: Path, pace: str = PACE_S, **extra) -> Path:
-    sections = {k: dict(v) for k, v in SLOW.items()}
-    for k, v in extra.items():
-        sections.setdefault(k, {}).update(v)
-    job = write_job(tmp / "job.yaml", data=data, model=model, sharding={"num_shards": 1}, **sections)
-    res = hpcgen("submit", str(job), "--run-dir", str(tmp / "run"), env={"HPCGEN_TEST_STEP_DELAY_S": pace})
-    assert res.returncode == 0, res.stderr
-    return tmp / "run"
-
-
-def parts(run_dir: Path) -> dict[str, list[int]]:
-    return {p.name: pq.read_table(p, columns=["row_id"]).column(0).to_pylist()
-            for p in (run_dir / "parts").glob("*.parquet")}
-
-
-def wait_for(cond, timeout: float, what: str, poll: float = 1.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 def saved_rows(run_dir: Path) -> int:
     return sum(len(v) for v in parts(run_dir).values())
@@ -133,7 +73,7 @@ def test_kill_9_worker_then_resume_and_corrupt_part(cluster, tiny_model, fault_d
     # parts of the done shard changed after its marker: one truncated, one rewritten as valid parquet with
     # other answers (same name), one with a bit flipped. Never merged; resume regenerates exactly their rows
     # (it does not re-bless them), keeps them aside, and the samples are the reference's again.
-    victims = sorted((run_dir / "parts").glob("*.parquet"))[:3]
+    victims = part_files(run_dir)[:3]
     before = parts(run_dir)
     changed = {i for v in victims for i in before[v.name]}
     victims[0].write_bytes(victims[0].read_bytes()[:100])
@@ -152,7 +92,7 @@ def test_kill_9_worker_then_resume_and_corrupt_part(cluster, tiny_model, fault_d
     after = parts(run_dir)
     regenerated = sorted(i for name, ids in after.items() if name not in before for i in ids)
     assert regenerated == sorted(changed)  # exactly the changed parts' rows, each once
-    assert all(list((run_dir / "parts").glob(v.name + ".corrupt.*")) for v in victims)  # kept for inspection
+    assert all(list(v.parent.glob(v.name + ".corrupt.*")) for v in victims)  # kept for inspection
     assert merged(run_dir, tmp_path / "c.parquet") == reference
     res = hpcgen("resume", str(run_dir))  # resume and merge agree: nothing left to do
     assert res.returncode == 0 and "nothing to resume" in res.stderr, res.stderr

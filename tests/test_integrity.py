@@ -7,7 +7,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import FakeEngine, make_run
+from helpers import FakeEngine, make_run, parts_of
 
 from hpcgen.errors import RunDirError
 from hpcgen.login.merge import merge_run
@@ -52,8 +52,8 @@ def responses(path) -> list[list[str]]:
 def test_resume_regenerates_a_changed_part_instead_of_reblessing_it(tmp_path, small_dataset, fake_model, damage):
     run = _done_run(tmp_path, small_dataset, fake_model)
     reference = responses(merge_run(run.root, output=tmp_path / "ref.parquet").output)
-    victim_name = run.list_parts()[1][0]
-    victim = run.parts_dir / victim_name.name
+    victim_name = parts_of(run, 1)[0]
+    victim = run.part(victim_name)
     victim_rows = pq.read_table(victim, columns=["row_id"]).column(0).to_pylist()
     if damage == "other answers":
         rewrite(victim, lambda rows: rows[0].update(responses=["forged", "forged"]))
@@ -66,7 +66,7 @@ def test_resume_regenerates_a_changed_part_instead_of_reblessing_it(tmp_path, sm
     bad, regenerated = resume_locally(run)
     assert bad == [1]
     assert regenerated == victim_rows  # exactly the changed part's rows, nothing else
-    assert not victim.exists() and list(run.parts_dir.glob(victim_name.name + ".corrupt.*"))  # kept aside
+    assert not victim.exists() and list(victim.parent.glob(victim_name.name + ".corrupt.*"))  # kept aside
     assert list(run.done_dir.glob("s000001.json.invalid.*"))  # the old marker is kept too
     after = responses(merge_run(run.root, output=tmp_path / "after.parquet").output)
     assert after == reference  # the forged text never reaches the output
@@ -78,9 +78,10 @@ def test_worker_restart_does_not_trust_a_changed_part_before_any_marker(tmp_path
     run = make_run(tmp_path, small_dataset, fake_model)
     run_shards(run.root, [0], engine_factory=FakeEngine)
     run.done(0).unlink()
-    part = run.list_parts()[0][1]
-    changed = pq.read_table(run.parts_dir / part.name, columns=["row_id"]).column(0).to_pylist()
-    rewrite(run.parts_dir / part.name, lambda rows: rows[-1].update(responses=["x", "y"]))
+    part = parts_of(run, 0)[1]
+    run.chunk_done(0, part.chunk).unlink()  # the crash came before the chunk was marked
+    changed = pq.read_table(run.part(part), columns=["row_id"]).column(0).to_pylist()
+    rewrite(run.part(part), lambda rows: rows[-1].update(responses=["x", "y"]))
     engine = FakeEngine(None, "")
     run_shards(run.root, [0], engine_factory=lambda s, p: (setattr(engine, "spec", s), engine)[1])
     assert sorted(engine.added) == changed

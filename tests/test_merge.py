@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import FakeEngine, make_run
+from helpers import FakeEngine, make_run, parts_of
 
 from hpcgen.errors import IncompleteRunError, LockedError, RunDirError
 from hpcgen.login.merge import compact_ranges, merge_run
@@ -58,7 +58,7 @@ def test_incomplete_run_refused_unless_partial(tmp_path, small_dataset, fake_mod
 def test_tampered_part_is_never_merged(tmp_path, small_dataset, fake_model):
     run = make_run(tmp_path, small_dataset, fake_model)
     run_shards(run.root, [0, 1, 2], engine_factory=FakeEngine)
-    part = run.parts_dir / run.list_parts()[1][0].name
+    part = run.part(parts_of(run, 1)[0])
     part.write_bytes(part.read_bytes()[:-30])
     out = tmp_path / "out.parquet"
     with pytest.raises(RunDirError, match=r"shard 1 cannot be merged: part .* checksum.*hpcgen resume"):
@@ -99,7 +99,7 @@ def test_resume_invalidates_a_done_shard_whose_part_broke(tmp_path, small_datase
 
     run = make_run(tmp_path, small_dataset, fake_model)
     run_shards(run.root, [0, 1, 2], engine_factory=FakeEngine)
-    victim = run.parts_dir / run.list_parts()[2][1].name
+    victim = run.part(parts_of(run, 2)[1])
     lost = pq.read_table(victim).num_rows
     victim.write_bytes(victim.read_bytes()[:50])
     manifest = _json.loads(run.manifest.read_text())

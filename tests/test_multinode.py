@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import need
-from helpers import REPO, hpcgen, status_json, wait_guard_scanned, write_job
+from helpers import REPO, hpcgen, part_files, status_json, wait_guard_scanned, write_job
 
 slurm = pytest.mark.slurm
 
@@ -140,7 +140,7 @@ def test_killed_node_fails_the_task_promptly(cluster, tiny_model, small_data, tm
     assert res.returncode == 0, res.stderr
     jid = json.loads((run_dir / "submissions" / "0001.json").read_text())["arrays"][0]
     deadline = time.monotonic() + 600
-    while not list((run_dir / "parts").glob("*.parquet")):  # generating across both nodes
+    while not part_files(run_dir):  # generating across both nodes
         assert time.monotonic() < deadline, status_json(run_dir)
         time.sleep(1)
     _, _, other = rendezvous(run_dir)
@@ -181,18 +181,24 @@ print(helper.pid, engine.pid, guard.pid, flush=True)
 time.sleep(300)
 """
     task = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO)
-    guard_pid = int(task.stdout.readline().split()[2])
-    wait_guard_scanned(guard_pid)  # the guard has seen the engine
+    try:
+        helper_pid, engine_pid, guard_pid = map(int, task.stdout.readline().split())
+        wait_guard_scanned(guard_pid)  # the guard has seen the engine
 
-    def sleeps() -> list[str]:
-        return [p for p in job_processes("no job", "sleep 301", "sleep 302") if "python" not in p]
+        def sleeps() -> list[int]:  # this test's own helper and engine, whatever else runs on the machine
+            import psutil
 
-    assert len(sleeps()) == 2
-    task.kill()
-    task.wait()
-    deadline = time.monotonic() + 10
-    while sleeps() and time.monotonic() < deadline:
-        time.sleep(0.2)
+            return [p for p in (helper_pid, engine_pid) if psutil.pid_exists(p)
+                    and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+        assert len(sleeps()) == 2
+        task.kill()
+        task.wait()
+        deadline = time.monotonic() + 10
+        while sleeps() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        task.kill()
     assert not sleeps()
     record = json.loads((tmp_path / "multinode" / "7.r0" / "node-0.json").read_text())
     assert record["state"] == "failed" and record["error"] == f"its task process (pid {task.pid}) died"

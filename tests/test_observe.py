@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from helpers import REPO, hpcgen
+from helpers import REPO, hpcgen, part_files
 from observe_helpers import ARRAY, STATUS_FIELDS, fresh_observe_run, no_slurm_path, use_executor
 
 
@@ -39,7 +39,7 @@ def test_progress_records_and_done_marker_counters(obs_run):
     assert prog[f"{ARRAY}_2.r0"]["error"].startswith("RuntimeError: engine start failed")
     assert prog[f"{ARRAY}_2.r0"]["rows"] == 0 and prog[f"{ARRAY}_2.r0"]["ended"] is not None
     for shard in (0, 1):
-        parts = sorted((obs_run / "parts").glob(f"s{shard:06d}.*.parquet"))
+        parts = part_files(obs_run, shard)
         t = pa.concat_tables([pq.read_table(p) for p in parts])
         reasons = pc.list_flatten(t.column("finish_reasons")).to_pylist()
         want = {"rows": t.num_rows, "samples": len(reasons), "length": reasons.count("length"),
@@ -64,7 +64,7 @@ def test_status_json_carries_every_field(obs_run):
     assert st["finished_length"] == sum(r["length"] for r in prog.values()) > 0
     assert st["length_share"] == pytest.approx(st["finished_length"] / st["samples"])
     errors = sum(pq.read_table(p, columns=["gen_error"]).column(0).null_count * -1 + pq.read_metadata(p).num_rows
-                 for p in (obs_run / "parts").glob("*.parquet"))
+                 for p in part_files(obs_run))
     assert st["error_rows"] == errors >= 1  # row 3 is over prompt_length (rows regenerated: none here)
     gpu_h = sum(r["gpus"] * (r["ended"] - r["started"]) for r in prog.values()) / 3600
     assert st["gpu_hours"] == pytest.approx(gpu_h)

@@ -45,7 +45,8 @@ def observed(cluster, tiny_model, tmp_path_factory) -> dict:
 
     work = tmp_path_factory.mktemp("observed")
     data = make_dataset(work / "p.parquet", 24, style="gsm8k", seed=5)
-    job = write_job(work / "job.yaml", data=data, model=tiny_model, sharding={"num_shards": 3},
+    # no stealing: the failed shard must stay failed for status, logs and the report to show it
+    job = write_job(work / "job.yaml", data=data, model=tiny_model, sharding={"num_shards": 3, "steal": False},
                     rollout={"response_length": 8, "max_num_seqs": 4}, checkpoint={"every_rows": 2},
                     slurm={"array_parallelism": 3}, env={"HPCGEN_TEST_STEP_DELAY_S": "0.05"})
     run = work / "run"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import hpcgen, status_json, write_job
+from helpers import hpcgen, part_files, status_json, write_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.vllm]
 
@@ -143,7 +143,7 @@ def test_dry_run_prints_sbatch_and_queues_nothing(cluster, tiny_model, e2e_data,
 
 def _parts(run_dir: Path) -> dict[str, list[int]]:
     return {p.name: pq.read_table(p, columns=["row_id"]).column(0).to_pylist()
-            for p in (run_dir / "parts").glob("*.parquet")}
+            for p in part_files(run_dir)}
 
 
 def test_scancel_mid_shard_then_resume(cluster, tiny_model, tmp_path):

@@ -93,7 +93,7 @@ def test_model_checks(tmp_path: Path):
 
 def test_run_dir_created_whole_or_not_at_all(tmp_path: Path):
     run = create_run_dir(tmp_path / "run", {"format": "hpcgen-run/1"})
-    assert (run.root / "manifest.json").is_file() and run.parts_dir.is_dir()
+    assert (run.root / "manifest.json").is_file() and run.work_dir.is_dir()
     with pytest.raises(RunDirError, match="already holds a run"):
         create_run_dir(tmp_path / "run", {"format": "hpcgen-run/1"})
     (tmp_path / "busy").mkdir()

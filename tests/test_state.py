@@ -162,3 +162,12 @@ def test_slurm_unreachable_resume_refuses_and_wait_keeps_waiting(tmp_path, fake_
         ops.resume(run.root)
     with pytest.raises(SchedulerError, match="neither sacct nor squeue answered for 0s"):
         ops.wait(run.root, poll_seconds=0.05, unreachable_for=0.2)
+
+
+def test_an_array_cancelled_before_any_task_started_has_one_record_for_all(tmp_path):
+    """sacct lists a held array cancelled before it ran as one line ('252|CANCELLED+'): its tasks are cancelled,
+    not unknown (seen on the throwaway cluster)."""
+    from hpcgen.login.state import Scheduler, _parse_states
+
+    sched = Scheduler(_parse_states("252|CANCELLED+\n"), {})
+    assert sched.state("252_3") == ("CANCELLED", None)

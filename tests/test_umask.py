@@ -46,7 +46,9 @@ def test_outputs_follow_the_umask(tmp_path, small_dataset, fake_model, umask):
     assert mode(run / "scores.json") == want_file
     assert mode(run / "manifest.json") == want_file
     assert mode(next((run / "done").iterdir())) == want_file
-    assert mode(next((run / "parts").iterdir())) == want_file
+    assert mode(next((run / "work").glob("*/*.parquet"))) == want_file
+    assert mode(next((run / "work").glob("*/c*.lease"))) == want_file
+    assert mode(next((run / "work").iterdir())) == want_dir
     assert mode(run) == want_dir
 
 

@@ -6,10 +6,10 @@ import functools
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import FakeEngine, make_run
+from helpers import FakeEngine, make_run, parts_of
 
 from hpcgen.task.engine import PromptError, normalize_messages, row_seed
-from hpcgen.task.worker import read_prompts, run_shards
+from hpcgen.task.worker import run_shards
 
 
 def test_shards_saved_in_parts_then_marked_done(tmp_path, small_dataset, fake_model):
@@ -23,10 +23,9 @@ def test_shards_saved_in_parts_then_marked_done(tmp_path, small_dataset, fake_mo
     out = run_shards(run.root, [0, 1, 2], engine_factory=factory)
     assert len(engines) == 1  # one engine load for all the task's shards
     assert sorted(run.list_done()) == [0, 1, 2]
-    parts = run.list_parts()
-    assert sum(p.rows for ps in parts.values() for p in ps) == 100
-    assert len(parts[0]) >= 5  # every_rows=4 -> many saves (FakeEngine finishes 3 rows a step)
-    assert out["shards"][0]["generated"] == 33  # rows 0..32 of 100 in 3 shards
+    assert sum(p.rows for s in range(3) for p in parts_of(run, s)) == 100
+    assert len(parts_of(run, 0)) >= 5  # chunks of 8 rows, every_rows=4 -> many saves
+    assert out["rows"] == {"0": 33, "1": 33, "2": 34} and out["chunks"] == 5 + 5 + 5
     # a second run does nothing: done markers are honoured, no engine built
     engines.clear()
     run_shards(run.root, [0, 1, 2], engine_factory=factory)
@@ -37,20 +36,21 @@ def test_restart_skips_saved_rows_and_replaces_corrupt_parts(tmp_path, small_dat
     run = make_run(tmp_path, small_dataset, fake_model)
     engine = FakeEngine(None, "")
     run_shards(run.root, [0], engine_factory=lambda s, p: (setattr(engine, "spec", s), engine)[1])
-    # simulate a crash after some saves: drop the marker and a later part, corrupt another
+    # simulate a crash after some saves, before two chunks were marked: drop a part, corrupt another
+    parts = parts_of(run, 0)
     run.done(0).unlink()
-    parts = run.list_parts()[0]
-    (run.parts_dir / parts[-1].name).unlink()
-    lost = parts[-1].rows
-    victim = run.parts_dir / parts[0].name
+    for p in (parts[0], parts[-1]):
+        run.chunk_done(0, p.chunk).unlink()
+    run.part(parts[-1]).unlink()
+    victim = run.part(parts[0])
     victim.write_bytes(victim.read_bytes()[:20])  # torn by hand
-    lost += parts[0].rows
+    lost = parts[-1].rows + parts[0].rows
     second = FakeEngine(None, "")
     run_shards(run.root, [0], engine_factory=lambda s, p: (setattr(second, "spec", s), second)[1])
     assert len(second.added) == lost  # only the missing rows were generated again
-    assert any(".corrupt." in p.name for p in run.parts_dir.iterdir())
-    ids = sorted(i for p in run.list_parts()[0] for i in pq.read_table(run.parts_dir / p.name)["row_id"].to_pylist())
-    assert ids == list(range(33))
+    assert any(".corrupt." in p.name for p in run.shard_dir(0).iterdir())
+    ids = sorted(i for p in parts_of(run, 0) for i in pq.read_table(run.part(p))["row_id"].to_pylist())
+    assert ids == list(range(33)) and 0 in run.list_done()
 
 
 def test_bad_rows_are_recorded_not_fatal(tmp_path, fake_model):
@@ -66,7 +66,9 @@ def test_bad_rows_are_recorded_not_fatal(tmp_path, fake_model):
     run = make_run(tmp_path, data, fake_model, "sharding.num_shards=1", f"data.output_path={tmp_path}/out.jsonl")
     eng = functools.partial(FakeEngine, fail_rows=(5,))
     run_shards(run.root, [0], engine_factory=eng)
-    t = pq.read_table(run.parts_dir / run.list_parts()[0][0].name).sort_by("row_id").to_pylist()
+    import pyarrow as pa
+
+    t = pa.concat_tables([pq.read_table(run.part(p)) for p in parts_of(run, 0)]).sort_by("row_id").to_pylist()
     errors = {r["row_id"]: r["gen_error"] for r in t}
     assert set(errors) == set(range(len(prompts)))
     assert errors[0] is None and len(t[0]["responses"]) == 2
@@ -96,16 +98,27 @@ def test_row_seeds_are_spaced_by_n():
     assert row_seed(7, 5, n) != row_seed(8, 5, n)
 
 
-def test_read_prompts_only_the_shard(tmp_path, small_dataset, fake_model):
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_prompt_reader_reads_only_the_chunk(tmp_path, small_dataset, fake_model, fmt):
     import json
 
-    run = make_run(tmp_path, small_dataset, fake_model)
-    manifest = json.loads(run.manifest.read_text())
-    rows = list(read_prompts(manifest, 1))
-    s, e = manifest["shards"][1]
-    assert [r for r, _ in rows] == list(range(s, e))
+    from hpcgen.rundir.chunks import chunk_bounds, num_chunks
+    from hpcgen.task.prompts import PromptReader
+
+    data = small_dataset
     full = pq.read_table(small_dataset, columns=["prompt"]).column(0).to_pylist()
-    assert [v for _, v in rows] == full[s:e]
+    if fmt == "jsonl":
+        data = tmp_path / "d.jsonl"
+        data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in full))
+    run = make_run(tmp_path, data, fake_model)
+    manifest = json.loads(run.manifest.read_text())
+    reader = PromptReader(manifest)
+    for shard in (1, 2, 0):
+        for chunk in reversed(range(num_chunks(manifest, shard))):  # a thief's order
+            lo, hi = chunk_bounds(manifest, shard, chunk)
+            rows = list(reader.rows(shard, chunk, lo, hi))
+            assert [r for r, _ in rows] == list(range(lo, hi))
+            assert [v for _, v in rows] == full[lo:hi]
 
 
 def test_finished_task_ignores_a_late_time_limit_warning(tmp_path, small_dataset, fake_model):
@@ -119,7 +132,7 @@ def test_finished_task_ignores_a_late_time_limit_warning(tmp_path, small_dataset
     before = signal.getsignal(signal.SIGUSR2)
     try:
         out = ShardTask()(str(run.root), [0, 1, 2], engine_factory=FakeEngine)
-        assert sorted(run.list_done()) == [0, 1, 2] and out["shards"][0]["generated"] == 33
+        assert sorted(run.list_done()) == [0, 1, 2] and out["rows"]["0"] == 33
         assert signal.getsignal(signal.SIGUSR2) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGUSR2, before)

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -186,23 +186,25 @@ def dry_run_text(layout: RunLayout, spec: JobSpec, n_tasks: int) -> str:
 @dataclass
 class Submission:
     seq: int
-    kind: str  # submit | resume
+    kind: str  # submit | resume | scale
     executor: str
     jobs: dict[int, str]  # shard -> job id
     arrays: list[str]
     sbatch_calls: int
     time: float
+    extra_tasks: list[str] = field(default_factory=list)  # job ids of tasks without a shard of their own
 
     def to_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "kind": self.kind, "executor": self.executor, "time": self.time,
                 "arrays": self.arrays, "sbatch_calls": self.sbatch_calls,
-                "jobs": {str(k): v for k, v in self.jobs.items()}}
+                "jobs": {str(k): v for k, v in self.jobs.items()}, "extra_tasks": self.extra_tasks}
 
 
 def submit_groups(layout: RunLayout, spec: JobSpec, groups: list[list[int]], *, executor: str,
                   kind: str, extra: dict[str, Any] | None = None, busy: int = 0,
                   busy_arrays: list[str] | None = None) -> Submission:
-    """Queue one task per group (shards processed with one engine load) and record the submission.
+    """Queue one task per group (its own shards, processed with one engine load; an empty group is a task that
+    only takes over others' work) and record the submission.
 
     ``busy``: tasks of earlier submissions still pending or running (``busy_arrays``: their arrays), which
     count against ``slurm.array_parallelism``."""
@@ -212,6 +214,7 @@ def submit_groups(layout: RunLayout, spec: JobSpec, groups: list[list[int]], *, 
         require_slurm()
     ex = make_executor(executor, layout, spec)
     jobs: dict[int, str] = {}
+    thieves: list[str] = []
     arrays: list[str] = []
     calls = 0
     run_dir = str(layout.root)
@@ -225,6 +228,8 @@ def submit_groups(layout: RunLayout, spec: JobSpec, groups: list[list[int]], *, 
             calls += 1
             arrays.append(str(job.job_id))
             jobs.update({s: str(job.job_id) for s in shard_ids})
+            if not shard_ids:
+                thieves.append(str(job.job_id))
             starts[str(job.job_id)] = process_start(int(job.job_id)) or "gone"  # a pid is reused, its start is not
         extra["local_starts"] = starts
     else:
@@ -245,18 +250,20 @@ def submit_groups(layout: RunLayout, spec: JobSpec, groups: list[list[int]], *, 
                 arrays.append(str(submitted[0].job_id).split("_")[0])
                 for g, job in zip(part, submitted, strict=True):
                     jobs.update({s: str(job.job_id) for s in g})
+                    if not g:
+                        thieves.append(str(job.job_id))
         except Exception as exc:
-            if jobs:  # record what did get queued, so cancel/resume know about it
-                _record(layout, kind, executor, jobs, arrays, calls, extra)
+            if jobs or thieves:  # record what did get queued, so cancel/resume know about it
+                _record(layout, kind, executor, jobs, arrays, calls, extra, thieves)
             msg = str(exc).strip().splitlines()
             raise SchedulerError(f"sbatch failed: {msg[-1] if msg else type(exc).__name__}") from None
-    return _record(layout, kind, executor, jobs, arrays, calls, extra)
+    return _record(layout, kind, executor, jobs, arrays, calls, extra, thieves)
 
 
 def _record(layout: RunLayout, kind: str, executor: str, jobs: dict[int, str], arrays: list[str],
-            calls: int, extra: dict[str, Any] | None) -> Submission:
+            calls: int, extra: dict[str, Any] | None, thieves: list[str] | None = None) -> Submission:
     seq = len(layout.list_submissions()) + 1
-    sub = Submission(seq, kind, executor, jobs, arrays, calls, time.time())
+    sub = Submission(seq, kind, executor, jobs, arrays, calls, time.time(), list(thieves or []))
     atomic.write_json(layout.submission(seq), {**sub.to_dict(), **(extra or {})})
     return sub
 

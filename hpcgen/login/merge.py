@@ -6,6 +6,7 @@ shard at a time; writes atomically; refuses an incomplete run unless ``allow_par
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,9 @@ from hpcgen.rundir.fingerprint import changed_inputs
 from hpcgen.rundir.layout import RunLayout, check_writable
 from hpcgen.rundir.lock import Lock
 from hpcgen.rundir.manifest import load_manifest
-from hpcgen.rundir.parts import verify_done
+from hpcgen.rundir.parts import dropped_rows, finalize_shard, verify_done
+
+log = logging.getLogger("hpcgen.merge")
 
 
 @dataclass
@@ -32,6 +35,7 @@ class MergeResult:
     error_rows: int
     missing_shards: list[int]
     seconds: float
+    dropped_rows: int = 0
 
 
 def compact_ranges(ids: list[int]) -> str:
@@ -77,10 +81,12 @@ def merge_run(run_dir: Path, *, output: Path | None = None, allow_partial: bool 
     check_writable(out, "output path")
     metadata = job["merge"]["metadata"] if metadata is None else metadata
     names = output_names(job["merge"], metadata)
-    n_samples = job["data"]["n_samples"]
     shards = manifest["shards"]
     with Lock(layout.lock, "merge"):
         done = layout.list_done()
+        for shard in range(len(shards)):  # every chunk marked but the shard not yet (tasks finishing at once)
+            if shard not in done and finalize_shard(layout, manifest, shard):
+                done.add(shard)
         missing = [i for i in range(len(shards)) if i not in done]
         if missing and not allow_partial:
             raise IncompleteRunError(
@@ -103,7 +109,7 @@ def merge_run(run_dir: Path, *, output: Path | None = None, allow_partial: bool 
             fh = open(tmp, "wb") if fmt == "jsonl" else None  # noqa: SIM115 - closed below
             try:
                 for shard in todo:
-                    gen, problem = verify_done(layout, shard, tuple(shards[shard]), n_samples)
+                    gen, problem = verify_done(layout, manifest, shard)
                     if gen is None:
                         raise RunDirError(f"shard {shard} cannot be merged: {problem}; run 'hpcgen resume "
                                           f"{layout.root}' to regenerate it")
@@ -126,4 +132,7 @@ def merge_run(run_dir: Path, *, output: Path | None = None, allow_partial: bool 
                     writer.close()
                 if fh is not None:
                     fh.close()
-    return MergeResult(str(out), rows, len(todo), errors, missing, time.perf_counter() - t0)
+    dropped = sum(dropped_rows(layout, s) for s in todo)
+    if dropped:
+        log.warning("dropped %d duplicate rows (saved by tasks that had lost their chunk to another)", dropped)
+    return MergeResult(str(out), rows, len(todo), errors, missing, time.perf_counter() - t0, dropped)

@@ -106,7 +106,7 @@ class InputReader:
         start, end = self.manifest["shards"][shard]
         out: list[bytes] = []
         with open(self.path, "rb") as fh:
-            fh.seek(self.manifest["jsonl_offsets"][shard])
+            fh.seek(self.manifest["jsonl_offsets"][shard][0])
             for line in fh:
                 if len(out) >= end - start:
                     break

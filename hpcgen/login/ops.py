@@ -23,13 +23,15 @@ from hpcgen.login.launch import (
 )
 from hpcgen.login.merge import compact_ranges
 from hpcgen.login.plan import Plan, create_run_dir, inspect_dataset, make_plan, task_groups
-from hpcgen.login.state import RunState, collect, latest_jobs
+from hpcgen.login.state import PENDING, RUNNING, RunState, collect, latest_jobs, sacct_states
 from hpcgen.rundir import atomic
 from hpcgen.rundir.fingerprint import changed_inputs
 from hpcgen.rundir.layout import RunLayout
-from hpcgen.rundir.lock import Lock
+from hpcgen.rundir.leases import mark_dead
+from hpcgen.rundir.lock import Lock, process_alive
 from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
 from hpcgen.rundir.parts import invalidate_bad_done
+from hpcgen.rundir.progress import read_records
 from hpcgen.spec.loader import describe_sources, load_job_traced
 from hpcgen.spec.site import load_site, site_path
 
@@ -90,8 +92,10 @@ def attach_chain(layout: RunLayout, spec: Any, sub: Submission, previous: str | 
 
 
 def open_jobs(state: RunState) -> list[str]:
-    """Jobs that may still write to the run: the latest jobs of shards that are pending or running."""
-    return sorted({s.job_id for s in state.shards if s.state in ("pending", "running") and s.job_id})
+    """Jobs that may still write to the run: the latest jobs of shards that are pending or running, and the
+    tasks without a shard of their own that are."""
+    return sorted({s.job_id for s in state.shards if s.state in ("pending", "running") and s.job_id} | {
+        j for j, st in state.extra_tasks.items() if st in ("pending", "running")})
 
 
 def check_unchanged(manifest: dict[str, Any]) -> None:
@@ -109,12 +113,41 @@ def check_unchanged(manifest: dict[str, Any]) -> None:
         raise RunDirError(f"cannot resume: {problem}; its answers would mix with the earlier ones: start a new run")
 
 
-def resume(run_dir: Path, *, executor: str | None = None) -> tuple[Submission | None, RunState, list[int]]:
+def _bury_dead_tasks(layout: RunLayout, executor: str | None) -> list[str]:
+    """Task records that still say running although the scheduler says their job is over (kill -9, a lost
+    node): mark them dead, so that the chunks they held are taken over at once, not after the lease timeout."""
+    running = {}
+    for rec in read_records(layout):
+        if rec.get("state", "running") == "running" and not rec.get("ended"):
+            running[str(rec["job_id"])] = str(rec["job_id"]).rsplit(".r", 1)[0]
+    if not running:
+        return []
+    if executor == "slurm":
+        states = sacct_states(sorted(set(running.values()))) or {}
+        gone = [t for t, j in running.items() if j in states and states[j] not in RUNNING | PENDING]
+    else:
+        gone = [t for t, j in running.items() if not j.isdigit() or not process_alive(int(j), None)]
+    for job in gone:
+        mark_dead(layout, job, "the scheduler says its job is over")
+    return gone
+
+
+def _spread(shards: list[int], tasks: int) -> list[list[int]]:
+    """``tasks`` groups of contiguous shards (empty groups when there are more tasks than shards)."""
+    return [shards[i * len(shards) // tasks:(i + 1) * len(shards) // tasks] for i in range(tasks)]
+
+
+def resume(run_dir: Path, *, executor: str | None = None, tasks: int | None = None
+           ) -> tuple[Submission | None, RunState, list[int]]:
+    """Resubmit what is not done: one task per open shard (``shards_per_task`` per task), or ``tasks`` tasks that
+    share whatever is left (they steal from each other; with more tasks than open shards, some start without
+    a shard of their own)."""
     layout = RunLayout(run_dir)
     manifest = load_manifest(run_dir)
     with Lock(layout.lock, "resume"):
         check_unchanged(manifest)
         bad = invalidate_bad_done(layout, manifest)
+        _bury_dead_tasks(layout, latest_jobs(layout)[2])
         state = collect(run_dir, manifest)
         if not state.scheduler_answered:  # a shard that may still run would be generated twice
             raise SchedulerError(f"cannot resume {run_dir}: neither sacct nor squeue answered, so whether its "
@@ -127,7 +160,15 @@ def resume(run_dir: Path, *, executor: str | None = None) -> tuple[Submission | 
         spec = spec_from_manifest(manifest)
         _, _, last_exec = latest_jobs(layout)
         order = sorted(todo)
-        groups = [[order[i] for i in g] for g in task_groups(len(order), spec.sharding.shards_per_task)]
+        if tasks is not None:
+            if tasks < 1:
+                raise UserError("--tasks must be at least 1")
+            if not spec.sharding.steal and tasks != len(order):
+                raise UserError(f"--tasks {tasks}: this run has sharding.steal=false, so its tasks cannot share "
+                                f"shards; resume without --tasks ({len(order)} open shard(s))")
+            groups = _spread(order, tasks)
+        else:
+            groups = [[order[i] for i in g] for g in task_groups(len(order), spec.sharding.shards_per_task)]
         busy = open_jobs(state)  # older tasks still queued or running: they share the cap and may still write
         busy_arrays = sorted({j.split("_")[0] for j in busy})
         sub = submit_groups(layout, spec, groups, executor=executor or last_exec or "slurm", kind="resume",
@@ -135,6 +176,30 @@ def resume(run_dir: Path, *, executor: str | None = None) -> tuple[Submission | 
         attach_chain(layout, spec, sub, previous=state.chain.get("job_id") if state.chain else None,
                      still_running=busy_arrays)  # ended tasks already count as satisfied
         return sub, state, bad
+
+
+def scale(run_dir: Path, add: int) -> tuple[Submission, RunState]:
+    """Add ``add`` tasks to a running run: they start without a shard of their own and take over the
+    remaining chunks of others (``sharding.steal`` must be on)."""
+    layout = RunLayout(run_dir)
+    manifest = load_manifest(run_dir)
+    spec = spec_from_manifest(manifest)
+    if add < 1:
+        raise UserError("scale: give the number of tasks to add, e.g. 'hpcgen scale RUN +4'")
+    if not spec.sharding.steal:
+        raise UserError("scale: this run has sharding.steal=false: added tasks could not take any work")
+    _, _, last_exec = latest_jobs(layout)
+    _bury_dead_tasks(layout, last_exec)  # their chunks are free for the new tasks at once
+    state = collect(run_dir, manifest)
+    if state.complete:
+        raise UserError(f"scale: run {layout.root} is already complete")
+    busy = open_jobs(state)
+    sub = submit_groups(layout, spec, [[] for _ in range(add)], executor=last_exec or "slurm", kind="scale",
+                        extra={"rows_done_at_submit": state.rows_done}, busy=len(busy),
+                        busy_arrays=sorted({j.split("_")[0] for j in busy}))
+    attach_chain(layout, spec, sub, previous=state.chain.get("job_id") if state.chain else None,
+                 still_running=sorted({j.split("_")[0] for j in busy}))
+    return sub, state
 
 
 def cancel(run_dir: Path) -> int:

@@ -23,6 +23,7 @@ from hpcgen.errors import DatasetError, ModelError, RunDirError
 from hpcgen.login.merge_input import KindCheck, check_names, output_format
 from hpcgen.login.staging import is_hub_id, stage_models
 from hpcgen.rundir import atomic
+from hpcgen.rundir.chunks import auto_chunk_rows, shard_chunks
 from hpcgen.rundir.fingerprint import dataset_sample, model_fingerprint
 from hpcgen.rundir.layout import FORMAT, RunLayout, check_writable
 from hpcgen.spec.loader import expand_path
@@ -39,7 +40,7 @@ class DatasetInfo:
     size: int
     fingerprint: str
     columns: list[str]
-    line_offsets: list[int] = field(default_factory=list)  # jsonl: byte offset of each shard's first row
+    line_offsets: list[int] = field(default_factory=list)  # jsonl: byte offset of each row
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -187,7 +188,9 @@ def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str], down
     resolved.model.tokenizer_path = staged.tokenizer_path
     resolved.env = {**resolved.env, **staged.task_env}
     resolved.data.output_path = output or None
-    offsets = [dataset.line_offsets[s] for s, _ in shards] if dataset.format == "jsonl" else []
+    chunk_rows = spec.sharding.rows_per_chunk or auto_chunk_rows(shards, spec.feed_window)
+    offsets = [[dataset.line_offsets[lo] for lo, _ in shard_chunks(s, chunk_rows)] for s in shards] if (
+        dataset.format == "jsonl") else []
     manifest = {
         "format": FORMAT,
         "hpcgen_version": __version__,
@@ -200,7 +203,8 @@ def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str], down
         "dataset": {**dataset.to_dict(), "sample": dataset_sample(str(data_path))},
         "model_fingerprint": model_fingerprint(model_path),
         "shards": [list(s) for s in shards],
-        "jsonl_offsets": offsets,
+        "chunk_rows": chunk_rows,
+        "jsonl_offsets": offsets,  # per shard, per chunk: byte offset of the chunk's first line
         "tasks": tasks,
     }
     if staged.sources:  # hub id -> pinned revision and snapshot folder

@@ -152,14 +152,13 @@ def row_data(layout: RunLayout, manifest: dict[str, Any]) -> RowData:
             _add(data, table, 0)
             return data
     data = RowData("part files")
-    for shard_parts in layout.list_parts().values():
-        for p in shard_parts:
-            try:
-                table = _read_meta(layout.parts_dir / p.name)
-            except Exception:  # a part being moved aside or corrupt: the report shows what reads
-                continue
-            if table is not None:
-                _add(data, table, None)
+    for p in layout.all_parts():
+        try:
+            table = _read_meta(layout.part(p))
+        except Exception:  # a part being moved aside or corrupt: the report shows what reads
+            continue
+        if table is not None:
+            _add(data, table, None)
     return data
 
 
@@ -170,16 +169,15 @@ def throughput(layout: RunLayout, records: list[dict[str, Any]]) -> list[tuple[f
     import pyarrow.parquet as pq
 
     events: list[tuple[float, int, int]] = []
-    for shard_parts in layout.list_parts().values():
-        for p in shard_parts:
-            path = layout.parts_dir / p.name
-            try:
-                t = path.stat().st_mtime
-                tok = pq.read_table(path, columns=["response_tokens"]).column(0)
-                n_tok = int(pc.sum(pc.list_flatten(tok)).as_py() or 0)
-            except Exception:  # moved aside meanwhile: skip
-                continue
-            events.append((t, p.rows, n_tok))
+    for p in layout.all_parts():
+        path = layout.part(p)
+        try:
+            t = path.stat().st_mtime
+            tok = pq.read_table(path, columns=["response_tokens"]).column(0)
+            n_tok = int(pc.sum(pc.list_flatten(tok)).as_py() or 0)
+        except Exception:  # moved aside meanwhile: skip
+            continue
+        events.append((t, p.rows, n_tok))
     if not events:
         for rec in records:
             prev = (0, 0)

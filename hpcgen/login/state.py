@@ -7,6 +7,7 @@ Writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 from hpcgen.login import runstats
 from hpcgen.login.runstats import RunStats
 from hpcgen.rundir import atomic
+from hpcgen.rundir.chunks import num_chunks
 from hpcgen.rundir.layout import RunLayout, safe_job_id
 from hpcgen.rundir.lock import process_alive
 
@@ -59,6 +61,8 @@ class RunState:
     scheduler_answered: bool = True  # False when neither sacct nor squeue answered (SLURM unreachable)
     chain: dict[str, Any] | None = None  # the merge+score step, when the job asked for one
     stats: RunStats | None = None  # elapsed, rates, GPU-hours, tokens, ... (login.runstats)
+    extra_tasks: dict[str, str] = field(default_factory=dict)  # job id -> state of tasks without own shards
+    dropped_rows: int = 0  # rows saved twice (a task that had lost its chunk) and left out of the markers
 
     def shards_in(self, *states: str) -> list[int]:
         return [s.id for s in self.shards if s.state in states]
@@ -89,6 +93,17 @@ def latest_jobs(layout: RunLayout) -> tuple[dict[int, str], dict[str, Any] | Non
         jobs.update({int(k): v for k, v in sub.get("jobs", {}).items()})
         last = sub
     return jobs, last, (last or {}).get("executor")
+
+
+def extra_jobs(layout: RunLayout) -> list[str]:
+    """Job ids of tasks without a shard of their own (``scale``, ``resume --tasks`` beyond the open shards)."""
+    out: list[str] = []
+    for path in layout.list_submissions():
+        try:
+            out += [str(j) for j in atomic.read_json(path).get("extra_tasks", [])]
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def sacct_states(job_ids: list[str]) -> dict[str, str] | None:
@@ -128,7 +143,7 @@ def _parse_states(text: str) -> dict[str, str]:
         if "|" not in line:
             continue
         jid, state = line.split("|", 1)
-        state = state.split()[0] if state.strip() else "UNKNOWN"
+        state = state.split()[0].rstrip("+") if state.strip() else "UNKNOWN"  # "CANCELLED+": cancelled by a user
         m = re.fullmatch(r"(\d+)_\[([0-9,\-]+)(?:%\d+)?\]", jid)
         if m:  # a pending range such as 123_[4-9%2]
             for rng in m[2].split(","):
@@ -158,6 +173,8 @@ class Scheduler:
         if live is not None:  # the controller's own view is the freshest
             return live, None
         acct = self.sacct.get(jid) if self.sacct is not None else None
+        if acct is None and self.sacct is not None and "_" in jid:  # an array that never started a task
+            acct = self.sacct.get(jid.split("_")[0])  # has one record for all of them ("123 CANCELLED")
         if acct in PENDING | RUNNING and self.squeue is not None:
             return None, f"sacct says {acct} but the controller does not know the job (stale accounting record)"
         return acct, None
@@ -207,10 +224,11 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
     layout = RunLayout(run_dir)
     shards = manifest["shards"]
     done = layout.list_done()
-    parts = layout.list_parts()
     attempts = layout.list_attempts()
     jobs, last_sub, executor = latest_jobs(layout)
-    open_jobs = [jobs[i] for i in range(len(shards)) if i not in done and i in jobs]
+    extra = extra_jobs(layout)
+    task_jobs = sorted({jobs[i] for i in range(len(shards)) if i not in done and i in jobs} | set(extra))
+    open_jobs = list(task_jobs)
     chain_job = (last_sub or {}).get("chain_job")
     if chain_job and not layout.scores.exists():
         open_jobs.append(chain_job)
@@ -222,12 +240,20 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
         calls = 1
     elif executor == "local":
         sched.local_starts = local_starts(layout)
+    # with stealing, a shard whose own task has ended can still be in the hands of another task of the run
+    steal = bool(manifest["job"].get("sharding", {}).get("steal", True))
+    extra_states = {j: _open_state(layout, j, executor, sched, -1, [], query_scheduler)[0] for j in extra}
+    working = [j for j in task_jobs if (extra_states.get(j) or _open_state(
+        layout, j, executor, sched, -1, [], query_scheduler)[0]) == "running"]
     out: list[ShardState] = []
     for i, (start, end) in enumerate(shards):
         total = end - start
         jid = jobs.get(i)
         n_att = len(attempts.get(i, []))
         reason = None
+        scan = None if i in done else layout.scan(i)
+        if scan is not None and len(scan.done) >= num_chunks(manifest, i):
+            done.add(i)  # every chunk marked; the shard's own marker follows (merge writes it if no task did)
         if i in done:
             state = "done"
         else:
@@ -237,12 +263,18 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
         if state == "done":
             out.append(ShardState(i, "done", total, total, jid, n_att))
             continue
-        rows = min(total, sum(p.rows for p in parts.get(i, [])))
-        s = ShardState(i, state, rows, total, jid, n_att, reason=reason)
+        assert scan is not None  # noqa: S101 - a shard that is not done was listed
+        chunk_rows = manifest["chunk_rows"]
+        rows = sum(min(end, start + (c + 1) * chunk_rows) - (start + c * chunk_rows) for c in scan.done)
+        rows += sum(p.rows for c, ps in scan.parts.items() if c not in scan.done for p in ps)
+        if state in ("failed", "cancelled", "unknown") and steal and working and (scan.leases or state == "failed"):
+            state, reason = "running", None  # its own task ended; other tasks of the run hold or will take its chunks
+        s = ShardState(i, state, min(total, rows), total, jid, n_att, reason=reason)
         if state in ("failed", "cancelled"):
             lp = log_path(layout, jid)
             s.log = str(lp) if lp else None
-            s.last_error = last_error_line(layout, i, attempts.get(i, []), lp)
+            s.last_error = last_error_line(layout, i, attempts.get(i, []), lp) or (
+                "its task ended with chunks left unfinished; 'hpcgen resume' continues")
             s.logs_command = f"hpcgen logs {layout.root} {i} --err"
         out.append(s)
     rs = RunState(str(layout.root), sum(e - s for s, e in shards), sum(s.rows_done for s in out), out,
@@ -250,6 +282,10 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
                   scheduler_answered=sched.answered or not calls)
     for s in out:
         rs.counts[s.state] = rs.counts.get(s.state, 0) + 1
+    rs.extra_tasks = extra_states
+    for path in layout.list_dropped():
+        with contextlib.suppress(OSError, ValueError):
+            rs.dropped_rows += int(atomic.read_json(path).get("dropped_rows", 0))
     if chain_job:
         st, why = ("done", None) if layout.scores.exists() else _open_state(
             layout, chain_job, executor, sched, -1, [], query_scheduler)

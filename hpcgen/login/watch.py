@@ -40,6 +40,11 @@ def summary_line(state: RunState) -> str:
     counts = " ".join(f"{k}={v}" for k, v in sorted(state.counts.items()))
     st = state.stats
     head = f"{state.rows_done}/{state.rows_total} rows, {len(state.shards)} shards ({counts})"
+    if state.extra_tasks:
+        running = sum(1 for st in state.extra_tasks.values() if st == "running")
+        head += f", {len(state.extra_tasks)} added task(s) ({running} running)"
+    if state.dropped_rows:
+        head += f", {state.dropped_rows} duplicate row(s) dropped"
     if st is None:
         return f"{head}, ETA {fmt_secs(state.eta_seconds)}"
     cut = f"{100 * st.length_share:.1f}%" if st.length_share is not None else "-"

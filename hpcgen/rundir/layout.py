@@ -2,17 +2,22 @@
 
 ```
 RUN_DIR/
-  manifest.json                  frozen plan: resolved job, dataset fingerprint, shard table, task groups
-  parts/s000003.p000012.n64.<tag>.<sha256>.parquet   shard 3, 12th save, 64 rows, by attempt <tag>
-  done/s000003.json              shard 3's done marker: rows, parts, checksums (written last)
-  attempts/s000003.<job>.json    one per task start on a shard: job id, host, pid, time, error
-  progress/<job>.json            one per task attempt: rows, tokens, finish reasons at each flush (status)
-  submissions/0001.json          one per submit/resume: job ids per shard
+  manifest.json                  frozen plan: resolved job, fingerprints, shard table, rows per chunk, task groups
+  work/s000003/                  shard 3's chunks (one folder per shard: no folder ever holds all of a run's files)
+    c00002.g0.lease              chunk 2 claimed (link(2), atomic on NFS/Lustre/GPFS); content: the holder task
+    c00002.g1.lease              ... taken over from a holder that is gone (the highest generation holds it)
+    c00002.p0001.n64.<tag>.<sha256>.parquet   64 finished rows of chunk 2, saved by task <tag>
+    c00002.done.json             chunk 2's marker: its parts and their sha256 (written last)
+  done/s000003.json              shard 3's done marker: every part of every chunk, with checksums (written last)
+  dropped/s000003.c00002.<tag>.json   only if task <tag> saved rows of chunk 2 after losing it: how many
+  progress/<job>.json            one per task attempt: heartbeat, state, own shards, rows/tokens per shard (status)
+  attempts/s000003.<job>.json    one per task start on its own shard: job id, host, pid, time, error
+  submissions/0001.json          one per submit/resume/scale: job ids per shard, extra tasks
   logs/                          submitit folder (sbatch scripts, stdout/stderr per task)
   multinode/<job>/node-<rank>.json   multi-node rendezvous and heartbeats
   .lock.d/owner.json             merge/resume lock (rundir.lock: mkdir + owner record, works on NFS/Lustre)
 ```
-Flat folders keep ``status`` to a few directory listings even with 10,000 shards.
+``status`` lists ``done/`` once and the folder of each shard that is not done.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from pathlib import Path
 
 from hpcgen.errors import UserError
 
-FORMAT = "hpcgen-run/1"
+FORMAT = "hpcgen-run/2"
 
-_PART = re.compile(r"^s(\d{6})\.p(\d{6})\.n(\d+)\.([A-Za-z0-9_-]+)\.([0-9a-f]{64})\.parquet$")
+_PART = re.compile(r"^c(\d{5})\.p(\d{4})\.n(\d+)\.([A-Za-z0-9_-]+)\.([0-9a-f]{64})\.parquet$")
+_LEASE = re.compile(r"^c(\d{5})\.g(\d+)\.lease$")
+_CHUNK_DONE = re.compile(r"^c(\d{5})\.done\.json$")
 _ATTEMPT = re.compile(r"^s(\d{6})\.(.+)\.json$")
 
 
@@ -42,11 +49,12 @@ def part_tag(job_id: str) -> str:
 
 @dataclass(frozen=True)
 class PartName:
-    """``s<shard>.p<seq>.n<rows>.<attempt>.<sha256>.parquet``: the attempt tag keeps two writers (a task that
-    lost its node but still runs, and its replacement) from ever replacing each other's files; the sha256 of
-    the file's bytes, taken when it was written, is the checksum every later reader verifies it against."""
+    """``work/s<shard>/c<chunk>.p<seq>.n<rows>.<task>.<sha256>.parquet``: the task tag keeps two writers (a task
+    that lost its node but still runs, and its replacement) from ever replacing each other's files; the sha256
+    of the file's bytes, taken when it was written, is the checksum every later reader verifies it against."""
 
     shard: int
+    chunk: int
     seq: int
     rows: int
     tag: str
@@ -54,12 +62,36 @@ class PartName:
 
     @property
     def name(self) -> str:
-        return f"s{self.shard:06d}.p{self.seq:06d}.n{self.rows}.{self.tag}.{self.sha}.parquet"
+        return f"c{self.chunk:05d}.p{self.seq:04d}.n{self.rows}.{self.tag}.{self.sha}.parquet"
+
+    @property
+    def rel(self) -> str:
+        """The name relative to ``work/``, as markers list it."""
+        return f"s{self.shard:06d}/{self.name}"
 
     @classmethod
-    def parse(cls, name: str) -> PartName | None:
+    def parse(cls, name: str, shard: int) -> PartName | None:
         m = _PART.match(name)
-        return cls(int(m[1]), int(m[2]), int(m[3]), m[4], m[5]) if m else None
+        return cls(shard, int(m[1]), int(m[2]), int(m[3]), m[4], m[5]) if m else None
+
+    @classmethod
+    def parse_rel(cls, rel: str) -> PartName | None:
+        folder, _, name = rel.partition("/")
+        if not re.fullmatch(r"s\d{6}", folder):
+            return None
+        return cls.parse(name, int(folder[1:]))
+
+
+@dataclass
+class ShardScan:
+    """One listing of a shard's folder: parts per chunk, the highest lease generation per chunk, chunk markers."""
+
+    parts: dict[int, list[PartName]]
+    leases: dict[int, int]
+    done: set[int]
+
+    def rows_saved(self) -> int:
+        return sum(p.rows for ps in self.parts.values() for p in ps)
 
 
 @dataclass(frozen=True)
@@ -74,8 +106,32 @@ class RunLayout:
         return self.root / "manifest.json"
 
     @property
-    def parts_dir(self) -> Path:
-        return self.root / "parts"
+    def work_dir(self) -> Path:
+        return self.root / "work"
+
+    def shard_dir(self, shard: int) -> Path:
+        return self.work_dir / f"s{shard:06d}"
+
+    def part(self, p: PartName) -> Path:
+        return self.work_dir / p.rel
+
+    def lease(self, shard: int, chunk: int, gen: int) -> Path:
+        return self.shard_dir(shard) / f"c{chunk:05d}.g{gen}.lease"
+
+    def chunk_done(self, shard: int, chunk: int) -> Path:
+        return self.shard_dir(shard) / f"c{chunk:05d}.done.json"
+
+    @property
+    def dropped_dir(self) -> Path:
+        return self.root / "dropped"
+
+    def dropped(self, shard: int, chunk: int, tag: str) -> Path:
+        """Written by a task that saved rows of a chunk it then lost to another task: how many (duplicates)."""
+        return self.dropped_dir / f"s{shard:06d}.c{chunk:05d}.{tag}.json"
+
+    def list_dropped(self) -> list[Path]:
+        return [self.dropped_dir / n for n in _names(self.dropped_dir) if n.endswith(".json")]
+
 
     @property
     def done_dir(self) -> Path:
@@ -135,19 +191,34 @@ class RunLayout:
         return self.submissions_dir / f"{seq:04d}.json"
 
     def make_dirs(self) -> None:
-        for d in (self.parts_dir, self.done_dir, self.attempts_dir, self.submissions_dir, self.logs_dir):
+        for d in (self.work_dir, self.done_dir, self.progress_dir, self.attempts_dir, self.submissions_dir,
+                  self.logs_dir):
             d.mkdir(parents=True, exist_ok=True)
 
     # --- listings (one scandir each) -----------------------------------------------------------
-    def list_parts(self) -> dict[int, list[PartName]]:
-        out: dict[int, list[PartName]] = {}
-        if self.parts_dir.is_dir():
-            for entry in _names(self.parts_dir):
-                p = PartName.parse(entry)
-                if p is not None:
-                    out.setdefault(p.shard, []).append(p)
-        for parts in out.values():
-            parts.sort(key=lambda p: (p.seq, p.tag))
+    def scan(self, shard: int) -> ShardScan:
+        parts: dict[int, list[PartName]] = {}
+        leases: dict[int, int] = {}
+        done: set[int] = set()
+        for name in _names(self.shard_dir(shard)):
+            if (p := PartName.parse(name, shard)) is not None:
+                parts.setdefault(p.chunk, []).append(p)
+            elif m := _LEASE.match(name):
+                leases[int(m[1])] = max(leases.get(int(m[1]), -1), int(m[2]))
+            elif m := _CHUNK_DONE.match(name):
+                done.add(int(m[1]))
+        for ps in parts.values():
+            ps.sort(key=lambda p: (p.seq, p.tag))
+        return ShardScan(parts, leases, done)
+
+
+    def all_parts(self) -> list[PartName]:
+        """Every part of the run, shard by shard (one listing per shard folder: for reports, not status)."""
+        out: list[PartName] = []
+        for name in sorted(_names(self.work_dir)):
+            if re.fullmatch(r"s\d{6}", name):
+                scan = self.scan(int(name[1:]))
+                out += [p for c in sorted(scan.parts) for p in scan.parts[c]]
         return out
 
     def list_done(self) -> set[int]:

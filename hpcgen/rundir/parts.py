@@ -1,12 +1,13 @@
 """Part files and done markers: how they are written, and the only code that decides "this verifies".
 
-A part holds finished rows of one shard (``PART_SCHEMA``). Its bytes are built in memory, hashed, and written
+A part holds finished rows of one chunk (``PART_SCHEMA``). Its bytes are built in memory, hashed, and written
 atomically under a name that carries that sha256 (:class:`~hpcgen.rundir.layout.PartName`), so the checksum is
-recorded at the moment the rows were saved and never taken again from the file. A shard's done marker,
-written last, lists its parts with their rows and sha256. The worker (skipping saved rows), resume
+recorded at the moment the rows were saved and never taken again from the file. A chunk's marker, written
+last by the task that finished it, lists its parts with their rows and sha256; a shard's done marker, written
+by whoever sees the shard's last chunk marker (a task, merge or resume), lists every part of every chunk. The worker (skipping saved rows), resume
 (invalidating what no longer verifies) and merge (reading only what verifies) all judge with
 :func:`check_part`: a part that does not match its recorded checksum, does not read back, holds rows outside
-its shard or twice, or rows without the run's number of samples, is set aside (renamed ``*.corrupt.<time>``,
+its chunk or twice, or rows without the run's number of samples, is set aside (renamed ``*.corrupt.<time>``,
 kept for inspection, never deleted) and its rows are generated again.
 """
 
@@ -17,6 +18,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -24,8 +26,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hpcgen.rundir import atomic
-from hpcgen.rundir.layout import PartName, RunLayout
-from hpcgen.rundir.progress import COUNTERS, TaskProgress
+from hpcgen.rundir.chunks import chunk_bounds, num_chunks
+from hpcgen.rundir.layout import PartName, RunLayout, ShardScan
+from hpcgen.rundir.progress import COUNTERS
 
 log = logging.getLogger("hpcgen.parts")
 
@@ -47,17 +50,17 @@ def encode(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def write_part(layout: RunLayout, shard: int, seq: int, tag: str, table: pa.Table) -> PartName:
+def write_part(layout: RunLayout, shard: int, chunk: int, seq: int, tag: str, table: pa.Table) -> PartName:
     data = encode(table)
-    name = PartName(shard, seq, table.num_rows, tag, hashlib.sha256(data).hexdigest())
-    atomic.write_bytes(layout.parts_dir / name.name, data)
+    name = PartName(shard, chunk, seq, table.num_rows, tag, hashlib.sha256(data).hexdigest())
+    atomic.write_bytes(layout.part(name), data)
     return name
 
 
 def check_part(layout: RunLayout, part: PartName, bounds: tuple[int, int], n_samples: int) -> tuple[
         pa.Table | None, str | None]:
     """(its rows, None) when the part verifies, else (None, what is wrong)."""
-    path = layout.parts_dir / part.name
+    path = layout.part(part)
     try:
         data = path.read_bytes()
     except OSError:
@@ -82,10 +85,10 @@ def check_part(layout: RunLayout, part: PartName, bounds: tuple[int, int], n_sam
     return table, None
 
 
-def set_aside(layout: RunLayout, name: str, why: str) -> None:
+def set_aside(path: Path, why: str) -> None:
     """Rename a part or marker that does not verify out of the way (kept for inspection, never deleted)."""
-    path = layout.parts_dir / name if not name.endswith(".json") else layout.done_dir / name
-    aside = path.with_name(f"{path.name}.{'invalid' if name.endswith('.json') else 'corrupt'}.{int(time.time())}")
+    kind = "invalid" if path.name.endswith(".json") else "corrupt"
+    aside = path.with_name(f"{path.name}.{kind}.{int(time.time())}")
     try:
         os.replace(path, aside)
     except FileNotFoundError:
@@ -103,8 +106,8 @@ class Saved:
 
 
 def usable_parts(layout: RunLayout, parts: list[PartName], bounds: tuple[int, int], n_samples: int) -> Saved:
-    """Earlier parts of a shard that verify; every other one is set aside. A part repeating a row that an
-    earlier verified part holds (two writers of one shard) is set aside too."""
+    """Earlier parts of a chunk that verify; every other one is set aside. A part repeating a row that an
+    earlier verified part holds (two writers of one chunk) is set aside too."""
     saved = Saved()
     for p in parts:
         table, problem = check_part(layout, p, bounds, n_samples)
@@ -113,7 +116,7 @@ def usable_parts(layout: RunLayout, parts: list[PartName], bounds: tuple[int, in
             if ids & saved.ids:
                 table, problem = None, f"part {p.name} repeats rows of an earlier part"
         if table is None:
-            set_aside(layout, p.name, problem or "")
+            set_aside(layout.part(p), problem or "")
             continue
         saved.parts.append(p)
         saved.ids |= ids
@@ -121,31 +124,57 @@ def usable_parts(layout: RunLayout, parts: list[PartName], bounds: tuple[int, in
     return saved
 
 
-def write_done(layout: RunLayout, shard: int, parts: list[PartName], errors: int, jid: str) -> None:
-    """The done marker, written last: the parts with the checksums recorded when they were written."""
-    entries = [{"name": p.name, "rows": p.rows, "sha256": p.sha} for p in parts]
-    atomic.write_json(layout.done(shard), {
-        "shard": shard, "rows": sum(p.rows for p in parts), "errors": errors, "parts": entries,
-        "checksum": hashlib.sha256("".join(p.sha for p in parts).encode()).hexdigest(), "job_id": jid,
-        "finished": time.time(), "stats": shard_stats(layout, parts),
-    })
+def write_chunk_done(layout: RunLayout, shard: int, chunk: int, parts: list[PartName], errors: int, tag: str,
+                     gen: int) -> None:
+    """A chunk's marker, written last: its parts with the checksums recorded when they were written."""
+    atomic.write_json(layout.chunk_done(shard, chunk), {
+        "shard": shard, "chunk": chunk, "rows": sum(p.rows for p in parts), "errors": errors,
+        "parts": [{"name": p.rel, "rows": p.rows, "sha256": p.sha} for p in parts], "task": tag, "gen": gen,
+        "finished": time.time()})
 
 
-def done_marker_ok(layout: RunLayout, shard: int, rows: int) -> bool:
-    """Cheap check that a shard is done (its marker and listed files exist); merge and resume verify fully."""
-    try:
-        marker = atomic.read_json(layout.done(shard))
-    except (OSError, ValueError):
+def _listed(entries: list[dict[str, Any]], shard: int, chunk: int | None = None) -> list[PartName] | None:
+    out = []
+    for e in entries:
+        p = PartName.parse_rel(str(e.get("name")))
+        if p is None or p.sha != e.get("sha256") or p.shard != shard or (chunk is not None and p.chunk != chunk):
+            return None
+        out.append(p)
+    return out
+
+
+def finalize_shard(layout: RunLayout, manifest: dict[str, Any], shard: int, scan: ShardScan | None = None) -> bool:
+    """Write the shard's done marker from its chunk markers once every chunk has one; True if the shard is done.
+    Parts in the folder that no marker lists (a holder that lost its lease and saved rows anyway: the rows are
+    duplicates) are never merged (:func:`dropped_rows` counts them)."""
+    if layout.done(shard).exists():
+        return True
+    scan = scan or layout.scan(shard)
+    if len(scan.done) < num_chunks(manifest, shard):
         return False
-    return marker.get("rows") == rows and all((layout.parts_dir / p["name"]).is_file() for p in marker["parts"])
+    parts: list[dict[str, Any]] = []
+    rows = errors = 0
+    for chunk in range(num_chunks(manifest, shard)):
+        try:
+            marker = atomic.read_json(layout.chunk_done(shard, chunk))
+        except (OSError, ValueError):
+            return False
+        parts += marker["parts"]
+        rows += int(marker["rows"])
+        errors += int(marker.get("errors", 0))
+    atomic.write_json(layout.done(shard), {
+        "shard": shard, "rows": rows, "errors": errors, "parts": parts, "stats": _stats(layout, parts),
+        "checksum": hashlib.sha256("".join(e["sha256"] for e in parts).encode()).hexdigest(),
+        "finished": time.time()})
+    return True
 
 
-def shard_stats(layout: RunLayout, parts: list[PartName]) -> dict[str, int]:
+def _stats(layout: RunLayout, entries: list[dict[str, Any]]) -> dict[str, int]:
     """The progress counters (rundir.progress) of a shard's parts: rows, samples, output tokens, finish
     reason "length", error rows."""
     out = dict.fromkeys(COUNTERS, 0)
-    for p in parts:
-        t = pq.read_table(layout.parts_dir / p.name, columns=["finish_reasons", "response_tokens", "gen_error"])
+    for e in entries:
+        t = pq.read_table(layout.work_dir / e["name"], columns=["finish_reasons", "response_tokens", "gen_error"])
         reasons = pc.list_flatten(t.column("finish_reasons"))
         out["rows"] += t.num_rows
         out["errors"] += t.num_rows - t.column("gen_error").null_count
@@ -155,26 +184,51 @@ def shard_stats(layout: RunLayout, parts: list[PartName]) -> dict[str, int]:
     return out
 
 
-def verify_done(layout: RunLayout, shard: int, bounds: tuple[int, int], n_samples: int) -> tuple[
-        pa.Table | None, str | None]:
+def dropped_rows(layout: RunLayout, shard: int) -> int:
+    """Rows of a done shard saved in parts that its marker does not list: saved twice, never merged."""
+    try:
+        listed = {e["name"] for e in atomic.read_json(layout.done(shard))["parts"]}
+    except (OSError, ValueError, KeyError):
+        return 0
+    return sum(p.rows for ps in layout.scan(shard).parts.values() for p in ps if p.rel not in listed)
+
+
+def record_dropped(layout: RunLayout, shard: int, chunk: int, tag: str, rows: int) -> None:
+    """A task that lost a chunk it had saved rows of says so (``status`` sums these records)."""
+    layout.dropped_dir.mkdir(exist_ok=True)
+    atomic.write_json(layout.dropped(shard, chunk, tag), {"shard": shard, "chunk": chunk, "task": tag,
+                                                          "dropped_rows": rows})
+
+
+def done_marker_ok(layout: RunLayout, shard: int, rows: int) -> bool:
+    """Cheap check that a shard is done (its marker and listed files exist); merge and resume verify fully."""
+    try:
+        marker = atomic.read_json(layout.done(shard))
+    except (OSError, ValueError):
+        return False
+    return marker.get("rows") == rows and all((layout.work_dir / p["name"]).is_file() for p in marker["parts"])
+
+
+def verify_done(layout: RunLayout, manifest: dict[str, Any], shard: int) -> tuple[pa.Table | None, str | None]:
     """Read a done shard's parts, checking marker, checksums, row ids (each exactly once) and sample counts.
 
     Returns (table sorted by row id, None) or (None, problem).
     """
+    n_samples = manifest["job"]["data"]["n_samples"]
     try:
         marker = atomic.read_json(layout.done(shard))
-        entries = [(PartName.parse(e["name"]), e) for e in marker["parts"]]
+        parts = _listed(marker["parts"], shard)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return None, f"done marker unreadable ({exc})"
+    if parts is None:
+        return None, f"done marker lists a part that is not one of shard {shard}'s"
     tables = []
-    for part, entry in entries:
-        if part is None or part.sha != entry.get("sha256") or part.shard != shard:
-            return None, f"done marker lists {entry.get('name')!r}, which is not a part of shard {shard}"
-        table, problem = check_part(layout, part, bounds, n_samples)
+    for part in parts:
+        table, problem = check_part(layout, part, chunk_bounds(manifest, shard, part.chunk), n_samples)
         if table is None:
             return None, problem
         tables.append(table)
-    start, end = bounds
+    start, end = manifest["shards"][shard]
     if not tables:
         return None, "no parts"
     table = pa.concat_tables(tables).sort_by("row_id")
@@ -185,57 +239,39 @@ def verify_done(layout: RunLayout, shard: int, bounds: tuple[int, int], n_sample
     return table, None
 
 
+def chunk_verifies(layout: RunLayout, manifest: dict[str, Any], shard: int, chunk: int) -> bool:
+    try:
+        marker = atomic.read_json(layout.chunk_done(shard, chunk))
+        parts = _listed(marker["parts"], shard, chunk)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if parts is None:
+        return False
+    bounds = chunk_bounds(manifest, shard, chunk)
+    n = manifest["job"]["data"]["n_samples"]
+    ids: list[int] = []
+    for p in parts:
+        table, _ = check_part(layout, p, bounds, n)
+        if table is None:
+            return False
+        ids += table.column("row_id").to_pylist()
+    return sorted(ids) == list(range(*bounds))
+
+
 def invalidate_bad_done(layout: RunLayout, manifest: dict[str, Any]) -> list[int]:
-    """Done shards that no longer verify lose their marker (set aside), and their parts that do not verify are
-    set aside too, so that the next task on the shard regenerates exactly those rows."""
+    """Done shards that no longer verify lose their marker (set aside), and so do their chunks that do not
+    verify, with their parts that do not verify: the next task on the chunk regenerates exactly those rows."""
     bad = []
     n = manifest["job"]["data"]["n_samples"]
     for shard in sorted(layout.list_done()):
-        bounds = tuple(manifest["shards"][shard])
-        table, problem = verify_done(layout, shard, bounds, n)  # type: ignore[arg-type]
-        if table is None:
-            set_aside(layout, layout.done(shard).name, f"shard {shard}: {problem}")
-            usable_parts(layout, layout.list_parts().get(shard, []), bounds, n)  # type: ignore[arg-type]
-            bad.append(shard)
+        table, problem = verify_done(layout, manifest, shard)
+        if table is not None:
+            continue
+        set_aside(layout.done(shard), f"shard {shard}: {problem}")
+        scan = layout.scan(shard)
+        for chunk in sorted(scan.done):
+            if not chunk_verifies(layout, manifest, shard, chunk):
+                set_aside(layout.chunk_done(shard, chunk), f"shard {shard} chunk {chunk}")
+                usable_parts(layout, scan.parts.get(chunk, []), chunk_bounds(manifest, shard, chunk), n)
+        bad.append(shard)
     return bad
-
-
-class PartWriter:
-    """Buffers finished rows of one shard and saves them as atomic, checksummed part files."""
-
-    def __init__(self, layout: RunLayout, shard: int, next_seq: int, every_rows: int, every_seconds: float,
-                 tag: str = "a0", progress: TaskProgress | None = None):
-        self.layout, self.shard, self.seq, self.tag = layout, shard, next_seq, tag
-        self.progress = progress  # the task's progress record, updated after each save
-        self.every_rows, self.every_seconds = every_rows, every_seconds
-        self.rows: list[dict[str, Any]] = []
-        self.parts: list[PartName] = []
-        self.errors = 0
-        self.last_flush = time.monotonic()
-        self._busy = False
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        if row.get("gen_error"):
-            self.errors += 1
-
-    def maybe_flush(self) -> None:
-        if len(self.rows) >= self.every_rows or (
-                self.rows and time.monotonic() - self.last_flush >= self.every_seconds):
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.rows or self._busy:
-            return
-        self._busy = True
-        try:
-            rows = sorted(self.rows, key=lambda r: r["row_id"])
-            table = pa.Table.from_pylist(rows, schema=PART_SCHEMA)
-            self.parts.append(write_part(self.layout, self.shard, self.seq, self.tag, table))
-            self.seq += 1
-            if self.progress is not None:
-                self.progress.flushed(self.shard, rows)
-            self.rows = []
-            self.last_flush = time.monotonic()
-        finally:
-            self._busy = False

@@ -17,14 +17,17 @@ Counters count what this attempt generated (a regenerated row counts again: it c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from typing import Any
 
 from hpcgen.rundir import atomic
 from hpcgen.rundir.layout import RunLayout
+from hpcgen.rundir.lock import process_start
 
 log = logging.getLogger("hpcgen.progress")
 
@@ -58,23 +61,48 @@ def task_gpus(spec: Any) -> int:
 
 
 class TaskProgress:
-    """The progress record of one task attempt. ``flushed`` is called by the part writer after each save."""
+    """The progress record of one task attempt. ``flushed`` is called by the part writer after each save.
 
-    def __init__(self, layout: RunLayout, job_id: str, gpus: int) -> None:
+    It is also the task's heartbeat, which says whether the chunks it holds are still in good hands
+    (:mod:`hpcgen.rundir.leases`): ``beat`` is rewritten every ``beat_s`` seconds by a thread, ``state`` is
+    running until the task ends (exited, failed) or ``resume`` finds its job over (dead), ``own`` are the
+    shards it was queued for, ``chunks`` / ``stolen_chunks`` count the chunks it marked done."""
+
+    def __init__(self, layout: RunLayout, job_id: str, gpus: int, own: list[int] | None = None) -> None:
         now = time.time()
         self.path = layout.progress(job_id)
         self.record: dict[str, Any] = {
             "format": FORMAT, "job_id": job_id, "host": socket.gethostname(), "pid": os.getpid(), "gpus": gpus,
             "started": now, "updated": now, "ended": None, "error": None, **dict.fromkeys(COUNTERS, 0),
-            "shards": {}, "recent": []}
+            "shards": {}, "recent": [], "own": list(own or []), "state": "running", "beat": now, "chunks": 0,
+            "stolen_chunks": 0, "start_id": process_start(os.getpid())}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
         # ``hpcgen logs`` cuts a requeued job's log (SLURM appends to it) at this line
         log.info("hpcgen attempt %s started on %s", job_id, self.record["host"])
 
     def save(self) -> None:
         import json
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_bytes(self.path, json.dumps(self.record, separators=(",", ":")).encode())  # compact: status reads many
+        with self._lock:
+            self.record["beat"] = time.time()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            data = json.dumps(self.record, separators=(",", ":")).encode()  # compact: status reads many
+            atomic.write_bytes(self.path, data)
+
+    def start_beat(self, beat_s: float) -> None:
+        """Rewrite the record every ``beat_s`` seconds until :meth:`finish` (one write per task, not per chunk)."""
+
+        def beat() -> None:
+            while not self._stop.wait(beat_s):
+                with contextlib.suppress(OSError):
+                    self.save()
+
+        threading.Thread(target=beat, daemon=True, name="hpcgen-beat").start()
+
+    def chunk_done(self, stolen: bool) -> None:
+        self.record["chunks"] += 1
+        self.record["stolen_chunks"] += int(stolen)
 
     def flushed(self, shard: int, rows: list[dict[str, Any]]) -> None:
         now = time.time()
@@ -89,9 +117,11 @@ class TaskProgress:
         rec["recent"] = [*rec["recent"], [now, rec["rows"], rec["output_tokens"]]][-RECENT:]
         self.save()
 
-    def finish(self, error: str | None = None) -> None:
+    def finish(self, error: str | None = None, **fields: Any) -> None:
+        """The task is leaving: the chunks it still holds are free for others at once."""
+        self._stop.set()
         self.record["ended"] = self.record["updated"] = time.time()
-        self.record["error"] = error
+        self.record.update(error=error, state="failed" if error else "exited", **fields)
         self.save()
 
 

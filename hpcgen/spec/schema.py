@@ -89,6 +89,9 @@ class ShardingConfig(_Section):
     num_shards: int | None = Field(None, ge=1)
     rows_per_shard: int | None = Field(None, ge=1)
     shards_per_task: int = Field(1, ge=1)
+    rows_per_chunk: int | None = Field(None, ge=1)  # default: from the shard size (hpcgen.rundir.chunks)
+    steal: bool = True  # a task that finished its own shards takes over others' remaining chunks
+    lease_timeout_s: float = Field(120.0, ge=30)  # a claim's holder silent this long (heartbeats: 10 s) is gone
 
     @model_validator(mode="after")
     def _one_of(self) -> ShardingConfig:
@@ -305,6 +308,11 @@ class JobSpec(_Section):
         if self.rollout.batch_invariant:
             return {**self.env, BATCH_INVARIANT_ENV: "1"}
         return dict(self.env)
+
+    @property
+    def feed_window(self) -> int:
+        """Rows a task keeps in flight: what the engine runs at once (max_num_seqs sequences, n per row), twice."""
+        return max(8, -(-2 * self.rollout.max_num_seqs // self.data.n_samples))
 
     @property
     def temperature(self) -> float:

@@ -1,11 +1,13 @@
-"""The in-task loop: one engine load for the task's shards; for each shard skip saved rows, keep the engine
-fed, save finished rows every K rows / T seconds to an atomic part file, write the done marker last.
+"""The in-task loop: one engine load per task; chunks claimed one at a time (own shards first, then, with
+``sharding.steal``, other shards' tails) and fed to the engine continuously; finished rows saved every K rows /
+T seconds as atomic parts; a chunk's marker once its rows are saved; the task exits as soon as no work is left.
 
-Runs inside a SLURM task (or submitit's local executor). Holds at most one shard's prompts in memory.
+Runs inside a SLURM task (or submitit's local executor). Holds the prompts of the chunks in flight only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -28,12 +30,16 @@ from hpcgen.errors import RunDirError
 from hpcgen.rundir import atomic
 from hpcgen.rundir.fingerprint import changed_inputs
 from hpcgen.rundir.layout import RunLayout, part_tag
+from hpcgen.rundir.leases import BEAT_S, mark_dead
 from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
-from hpcgen.rundir.parts import PART_SCHEMA, PartWriter, done_marker_ok, usable_parts, write_done
+from hpcgen.rundir.parts import PART_SCHEMA, done_marker_ok, usable_parts
 from hpcgen.rundir.progress import TaskProgress, task_gpus
 from hpcgen.spec.schema import JobSpec
 from hpcgen.task.identity import job_id, restart_count
-from hpcgen.task.prompts import read_prompts
+from hpcgen.task.pacing import Pacing
+from hpcgen.task.prompts import PromptReader
+from hpcgen.task.saver import ChunkSaver
+from hpcgen.task.work import Claim, WorkQueue
 
 log = logging.getLogger("hpcgen.task.worker")
 
@@ -47,15 +53,13 @@ def error_row(row_id: int, message: str) -> dict[str, Any]:
 # --- the loop --------------------------------------------------------------------------------------
 
 
-def generate_shard(engine: Any, prompts: Iterator[tuple[int, Any]], writer: PartWriter, window: int) -> None:
+def generate_rows(engine: Any, prompts: Iterator[tuple[int, Any]], writer: Any, window: int) -> None:
     """Feed the engine continuously (up to ``window`` rows in flight), collect finished rows, save often."""
     from hpcgen.task.engine import PromptError
 
     inflight: dict[int, bool] = {}
     exhausted = False
-    # Fault tests only (set through the job's env): a pause after each engine step, so that a kill, requeue or
-    # time limit lands mid-shard however fast the machine generates. Unset in real runs.
-    pace = float(os.environ.get("HPCGEN_TEST_STEP_DELAY_S") or 0)
+    pacing = Pacing.from_env()
     writer.last_flush = time.monotonic()
     while True:
         while not exhausted and len(inflight) < window:
@@ -77,8 +81,8 @@ def generate_shard(engine: Any, prompts: Iterator[tuple[int, Any]], writer: Part
                         "response_tokens": f.response_tokens, "prompt_tokens": f.prompt_tokens,
                         "prompt_truncated": inflight.pop(f.row_id, False), "gen_error": None})
         writer.maybe_flush()
-        if pace:
-            time.sleep(pace)
+        if pacing:
+            pacing.after_step(inflight)
     writer.flush()
 
 
@@ -86,7 +90,7 @@ class ShardTask(submitit.helpers.Checkpointable):
     """What each array task runs: ``ShardTask()(run_dir, shard_ids)``. Requeue-aware through submitit."""
 
     def __init__(self) -> None:
-        self._writer: PartWriter | None = None
+        self._writer: Any = None
         self.stop_reason: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -165,89 +169,107 @@ def inputs_problem(manifest: dict[str, Any], spec: JobSpec) -> str | None:
     return None
 
 
+def _feed(queue: WorkQueue, claim: Claim | None, saver: ChunkSaver, reader: PromptReader, layout: RunLayout,
+          n_samples: int) -> Iterator[tuple[int, Any]]:
+    """Rows of one claimed chunk after another, claiming the next only when the engine has room for it; rows
+    an earlier holder saved (and that verify) are skipped."""
+    while claim is not None:
+        listed = layout.scan(claim.shard).parts.get(claim.chunk, [])
+        saved = usable_parts(layout, listed, (claim.start, claim.end), n_samples)
+        saver.open_chunk(claim, saved, max((p.seq for p in listed), default=-1) + 1)
+        for row_id, value in reader.rows(claim.shard, claim.chunk, claim.start, claim.end):
+            if row_id not in saved.ids:
+                saver.expect(row_id, claim)
+                yield row_id, value
+        claim = queue.next()
+
+
+def _attempt_error(exc: BaseException, task: ShardTask | None) -> str:
+    if task is not None and task.stop_reason:
+        return task.stop_reason
+    if isinstance(exc, SystemExit):  # submitit leaves this way after requeueing the task
+        return f"task exited ({exc.code}): time-limit warning or preemption; requeued if allowed"
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
 def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = None,
-               engine_factory: Callable[[JobSpec, str], Any] | None = None) -> dict[str, Any]:
+               engine_factory: Callable[[JobSpec, str], Any] | None = None, job: str | None = None) -> dict[str, Any]:
+    """One task: its own shards ``shard_ids`` (possibly none: a task added by ``scale``), then others' work.
+    ``job`` names the task instead of SLURM's job id (tests and the stealing simulation run many in one process)."""
     _save_on_sigterm(task)
     layout = RunLayout(run_dir)
     manifest = load_manifest(run_dir)
     spec = spec_from_manifest(manifest)
-    for key, value in spec.task_env().items():
+    for key, value in spec.env.items():
         os.environ.setdefault(key, value)
     pa.Table.from_pylist([], schema=PART_SCHEMA)  # pays pyarrow's lazy imports now, not mid-generation
-    jid = job_id()
+    jid = job or job_id()
+    tag = part_tag(jid)
+    own = [s for s in shard_ids if not done_marker_ok(layout, s, manifest["shards"][s][1] - manifest["shards"][s][0])]
+    started = time.time()
+
+    def attempts(**fields: Any) -> None:
+        for shard in own:
+            atomic.write_json(layout.attempt(shard, jid), {"shard": shard, "job_id": jid, "task": tag,
+                                                           "host": socket.gethostname(), "pid": os.getpid(),
+                                                           "started": started, **fields})
+
     restarts = restart_count()
     if restarts > spec.slurm.max_requeues:  # requeued by SLURM itself (preemption) too often
         reason = f"requeued {restarts} times, over slurm.max_requeues={spec.slurm.max_requeues}; 'hpcgen resume' continues"
-        for shard in shard_ids:
-            atomic.write_json(layout.attempt(shard, jid), {"shard": shard, "job_id": jid, "error": reason,
-                                                            "started": time.time(), "ended": time.time()})
+        attempts(error=reason, ended=time.time())
         raise RuntimeError(reason)
-    unfinished = [s for s in shard_ids if not done_marker_ok(layout, s, manifest["shards"][s][1] - manifest["shards"][s][0])]
-    problem = inputs_problem(manifest, spec) if unfinished else None
+    problem = inputs_problem(manifest, spec)
     if problem:  # never put answers of another model or prompt next to the plan's
-        for shard in unfinished:
-            atomic.write_json(layout.attempt(shard, jid), {"shard": shard, "job_id": jid, "error": problem,
-                                                            "started": time.time(), "ended": time.time()})
+        attempts(error=problem, ended=time.time())
         raise RunDirError(problem)
-    progress = TaskProgress(layout, jid, task_gpus(spec))  # counters for status, saved at each part flush
+    attempts(error=None)
+    progress = TaskProgress(layout, jid, task_gpus(spec), own)  # status figures and this task's heartbeat
     progress.save()
-    engine = None
+    progress.start_beat(BEAT_S)
+    for earlier in range(restarts):  # SLURM restarted this job: its earlier runs are gone, free their chunks
+        mark_dead(layout, f"{jid.rsplit('.r', 1)[0]}.r{earlier}", "its job was requeued")
+    queue = WorkQueue(layout, manifest, jid, own, steal=spec.sharding.steal, timeout_s=spec.sharding.lease_timeout_s)
+    saver = ChunkSaver(layout, manifest, queue, progress, tag, spec.checkpoint.every_rows,
+                       spec.checkpoint.every_seconds)
     perf = {"engine_start_s": 0.0, "gen_s": 0.0, "rows": 0}
-    summary: dict[str, Any] = {"job_id": jid, "shards": {}}
-    for shard in shard_ids:
-        start, end = manifest["shards"][shard]
-        if done_marker_ok(layout, shard, end - start):
-            summary["shards"][shard] = "already done"
-            continue
-        attempt = layout.attempt(shard, jid)
-        record = {"shard": shard, "job_id": jid, "host": socket.gethostname(), "pid": os.getpid(),
-                  "started": time.time(), "error": None}
-        atomic.write_json(attempt, record)
-        try:
-            listed = layout.list_parts().get(shard, [])
-            old = usable_parts(layout, listed, (start, end), spec.data.n_samples)
-            saved = old.ids
-            next_seq = max((p.seq for p in listed), default=-1) + 1
-            writer = PartWriter(layout, shard, next_seq, spec.checkpoint.every_rows, spec.checkpoint.every_seconds,
-                                tag=part_tag(jid), progress=progress)
-            if task is not None:
-                task._writer = writer
-            todo = ((r, v) for r, v in read_prompts(manifest, shard) if r not in saved)
-            if len(saved) < end - start:
-                if engine is None:
-                    from hpcgen.task.engine import Engine
+    engine = None
+    try:
+        if task is not None:
+            task._writer = saver
+        claim = queue.next() or queue.after_suspects()
+        if claim is not None:  # a task that starts when no work is left never loads an engine
+            from hpcgen.task.engine import Engine
 
-                    t0 = time.monotonic()
-                    engine = (engine_factory or Engine)(spec, spec.model.path)
-                    perf["engine_start_s"] = time.monotonic() - t0
-                t0 = time.monotonic()
-                generate_shard(engine, todo, writer, window=max(8, 2 * spec.rollout.max_num_seqs))
-                perf["gen_s"] += time.monotonic() - t0
-                perf["rows"] += end - start - len(saved)
-            write_done(layout, shard, old.parts + writer.parts, writer.errors + old.errors, jid)
-            summary["shards"][shard] = {"rows": end - start, "generated": end - start - len(saved)}
-        except BaseException as exc:
-            if task is not None and task.stop_reason:
-                record["error"] = task.stop_reason
-            elif isinstance(exc, SystemExit):  # submitit leaves this way after requeueing the task
-                record["error"] = f"task exited ({exc.code}): time-limit warning or preemption; requeued if allowed"
-            else:
-                record["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            record["traceback"] = traceback.format_exc(limit=20)
-            record["ended"] = time.time()
-            atomic.write_json(attempt, record)
-            progress.finish(str(record["error"]))
-            raise
-        finally:
-            if task is not None:
-                task._writer = None
-        record["ended"] = time.time()
-        atomic.write_json(attempt, record)
-    progress.finish()
+            t0 = time.monotonic()
+            engine = (engine_factory or Engine)(spec, spec.model.path)
+            perf["engine_start_s"] = time.monotonic() - t0
+            t0 = time.monotonic()
+            reader = PromptReader(manifest)
+            while claim is not None:  # the engine stays loaded while chunks held by silent holders come free
+                generate_rows(engine, _feed(queue, claim, saver, reader, layout, spec.data.n_samples), saver,
+                              spec.feed_window)
+                claim = queue.after_suspects()
+            perf["gen_s"] = time.monotonic() - t0
+            perf["rows"] = progress.record["rows"]
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            saver.flush()
+        error = _attempt_error(exc, task)
+        progress.finish(error)
+        attempts(error=error, ended=time.time(), traceback=traceback.format_exc(limit=20))
+        raise
+    finally:
+        if task is not None:
+            task._writer = None
+    progress.finish(None, lost_rows=saver.lost_rows)
+    attempts(error=None, ended=time.time())
     if perf["rows"] and perf["gen_s"] > 0 and engine_factory is None:
         from hpcgen.rundir.measurements import record_measurement
 
         record_measurement(spec, perf["engine_start_s"], perf["rows"] / perf["gen_s"])
-    summary["perf"] = perf
-    return summary
-
+    done = layout.list_done()
+    rec = progress.record
+    return {"job_id": jid, "task": tag, "own": {s: "done" if s in done else "not done" for s in shard_ids},
+            "chunks": rec["chunks"], "stolen_chunks": rec["stolen_chunks"],
+            "rows": {k: v["rows"] for k, v in rec["shards"].items()}, "engine": engine is not None, "perf": perf}
