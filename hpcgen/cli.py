@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hpcgen import __version__
 from hpcgen.errors import HpcgenError
 
 
@@ -43,6 +42,8 @@ def cmd_submit(a: argparse.Namespace) -> int:
     res = ops.submit(Path(a.job), a.overrides, run_dir=Path(a.run_dir) if a.run_dir else None,
                      executor=a.executor, dry_run=a.dry_run)
     p = res.plan
+    for note in res.notes:  # model staging, and a partition check that could not run
+        _err(note)
     _plan_lines(p)
     if res.dry_run is not None:
         from hpcgen.login.advice import sizing_advice
@@ -71,6 +72,8 @@ def _submit_sweep(a: argparse.Namespace) -> int:
 
     res = ops.submit_sweep(Path(a.job), a.sweep or [], a.overrides, multirun=a.multirun,
                            run_dir=Path(a.run_dir) if a.run_dir else None, executor=a.executor, dry_run=a.dry_run)
+    for note in res.notes:
+        _err(note)
     for run, plan in zip(res.runs, res.plans, strict=True):
         _err(f"run {run.name} ({run.label}):")
         _plan_lines(plan)
@@ -316,93 +319,36 @@ def cmd_score(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from hpcgen.errors import SiteCheckError
+    from hpcgen.login import doctor
+
+    if a.job and "=" in a.job and not Path(a.job).exists():  # `doctor KEY=VALUE` without a job file
+        a.overrides, a.job = [a.job, *a.overrides], None
+    spec = doctor.doctor_spec(Path(a.job) if a.job else None, a.overrides, partition=a.partition, gpus=a.gpus)
+    run_root = Path(a.run_dir) if a.run_dir else Path.cwd() / "runs"
+    checks = doctor.run(spec, run_root=run_root, output_path=spec.data.output_path if a.job else None,
+                        timeout=a.timeout, report=lambda c: print(c.line(), flush=True))
+    failed = [c.name for c in checks if c.ok is False]
+    if failed:
+        raise SiteCheckError(f"{len(failed)} check(s) failed: {', '.join(dict.fromkeys(failed))}")
+    _err(f"doctor: all {len([c for c in checks if c.ok])} checks passed")
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hpcgen", description="Run a trained LLM over a prompt dataset on SLURM: "
-                                "sharded job arrays of vLLM tasks, resumable, merged into one verified parquet.")
-    p.add_argument("--version", action="version", version=f"hpcgen {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from hpcgen.cli_parser import build_parser as build
 
-    s = sub.add_parser("submit", help="plan shards and queue one job array")
-    s.add_argument("job", help="job file (YAML)")
-    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any key, e.g. data.n_samples=8")
-    s.add_argument("--run-dir", help="run directory (default ./runs/<job>-<time>)")
-    s.add_argument("--executor", choices=("slurm", "local"), default="slurm")
-    s.add_argument("--dry-run", action="store_true", help="print the plan and the sbatch script; queue nothing")
-    s.add_argument("--wait", action="store_true", help="block until every shard is done or failed")
-    s.add_argument("--sweep", action="append", metavar="KEY=A,B,...",
-                   help="one run per value (repeat for a cartesian product), under one sweep folder")
-    s.add_argument("-m", "--multirun", action="store_true",
-                   help="as in Hydra: every KEY=A,B override with a comma is swept (quote a value to keep its comma)")
-    s.set_defaults(fn=cmd_submit)
-
-    s = sub.add_parser("status", help="where every shard stands")
-    s.add_argument("run_dir")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--all", action="store_true", help="list done shards too")
-    s.add_argument("--watch", action="store_true",
-                   help="refresh in place with progress bars until the run ends (plain lines if not a terminal)")
-    s.add_argument("--interval", type=float, default=2.0, help="seconds between --watch refreshes (<= 5)")
-    s.set_defaults(fn=cmd_status)
-
-    s = sub.add_parser("logs", help="print the log of a shard's latest (or chosen) attempt")
-    s.add_argument("run_dir")
-    s.add_argument("shard", nargs="?", type=int, help="shard id (default: the first failed shard)")
-    s.add_argument("--attempt", type=int, help="attempt number, 1 = first (default: the latest)")
-    s.add_argument("--err", action="store_true", help="stderr (errors, tracebacks) instead of stdout")
-    s.add_argument("--follow", "-f", action="store_true", help="keep printing until the attempt ends")
-    s.set_defaults(fn=cmd_logs)
-
-    s = sub.add_parser("report", help="write a self-contained HTML report of the run (plots, timeline, scores)")
-    s.add_argument("run_dir")
-    s.add_argument("--output", help="where to write it (default RUN_DIR/report.html)")
-    s.set_defaults(fn=cmd_report)
-
-    s = sub.add_parser("resume", help="resubmit only the shards that are not done")
-    s.add_argument("run_dir")
-    s.add_argument("--tasks", type=int, help="this many tasks share whatever is left (default: one per open shard)")
-    s.add_argument("--wait", action="store_true")
-    s.set_defaults(fn=cmd_resume)
-
-    s = sub.add_parser("scale", help="add tasks to a running run; they take over remaining work")
-    s.add_argument("run_dir")
-    s.add_argument("add", metavar="+K", help="number of tasks to add, e.g. +4")
-    s.set_defaults(fn=cmd_scale)
-
-    s = sub.add_parser("merge", help="verify and merge every shard into one ordered file")
-    s.add_argument("run_dir")
-    s.add_argument("--output", help="output path (.parquet or .jsonl); default data.output_path (one dataset)")
-    s.add_argument("--dataset", help="merge only this dataset of the run (default: every dataset)")
-    s.add_argument("--allow-partial", action="store_true", help="merge the done shards of an incomplete run")
-    s.add_argument("--no-metadata", action="store_true", help="only add 'responses' (verl's exact schema)")
-    s.set_defaults(fn=cmd_merge)
-
-    s = sub.add_parser("cancel", help="cancel every job of the run (it stays resumable)")
-    s.add_argument("run_dir")
-    s.set_defaults(fn=cmd_cancel)
-
-    s = sub.add_parser("score", help="grade merged answers: mean@n ± se, pass@k, maj@k per data_source")
-    s.add_argument("target", help="a run directory or a merged .parquet/.jsonl file")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--output", help="where to write the scores JSON")
-    s.add_argument("--per-sample", help="also write the input with per-sample 'scores' and 'extracted' here")
-    s.add_argument("--grader", help="verl (default: verl's default_compute_score rules) or math-verify "
-                   "(lenient); default score.grader of the job")
-    s.add_argument("--compare", action="store_true", help="grade with both graders, side by side")
-    s.add_argument("--custom", help="custom scorer FILE.py[:FUNCTION] (verl's compute_score convention)")
-    s.add_argument("--workers", type=int, help="grading processes (default: automatic; 1: none)")
-    s.add_argument("--response-key", help="the responses column (default: the run's merge.response_key, "
-                   "else 'responses')")
-    s.set_defaults(fn=cmd_score)
-    return p
+    return build({"submit": cmd_submit, "status": cmd_status, "logs": cmd_logs, "report": cmd_report, "resume": cmd_resume, "scale": cmd_scale, "merge": cmd_merge, "cancel": cmd_cancel, "doctor": cmd_doctor, "score": cmd_score})
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "submit":  # KEY=VALUE may come after options, as in verl
+    if args.command in ("submit", "doctor"):  # KEY=VALUE may come after options, as in verl
         args.overrides += [x for x in extra if "=" in x and not x.startswith("-")]
         extra = [x for x in extra if x not in args.overrides]
     if extra:

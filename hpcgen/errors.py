@@ -62,5 +62,11 @@ class ShardFailedError(HpcgenError):
     exit_code = 6
 
 
+class SiteCheckError(HpcgenError):
+    """``hpcgen doctor`` found at least one failing check (each printed with its fix)."""
+
+    exit_code = 7
+
+
 class ScoreError(UserError):
     """Scoring input is unusable (missing columns, bad custom scorer)."""

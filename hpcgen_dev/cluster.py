@@ -376,6 +376,22 @@ def down(state_dir: Path | str | None = None) -> None:
         shutil.rmtree(s, ignore_errors=True)
 
 
+@contextmanager
+def daemon_stopped(name: str, state_dir: Path | str | None = None) -> Iterator[None]:
+    """Stop one daemon of this cluster (e.g. ``slurmdbd``: accounting down) for the body of the ``with``;
+    afterwards, whatever happened, bring the cluster back up and wait until it is healthy."""
+    ci = info(state_dir)
+    if name not in {d.name for d in _daemons(ci.state_dir)}:
+        raise ValueError(f"unknown daemon {name!r}")
+    try:
+        with _locked(ci.state_dir):
+            if (pid := _alive(ci.state_dir).get(name)) is not None:
+                _kill({pid})
+        yield
+    finally:
+        up(state_dir)
+
+
 def status(state_dir: Path | str | None = None) -> str:
     """Human-readable: which daemons are alive, and sinfo."""
     ci = info(state_dir)

@@ -42,6 +42,17 @@ def cluster():
     return info
 
 
+@pytest.fixture(autouse=True)
+def _cluster_whole(request):
+    """Before each test on the cluster: both nodes up (a test that failed mid-fault must not take the next ones
+    down with it); cl.up() returns in well under a second when the cluster is healthy."""
+    if "cluster" in request.fixturenames:
+        from hpcgen_dev import cluster as cl
+
+        cl.up()
+    yield
+
+
 @pytest.fixture(scope="session")
 def vllm_ok() -> None:
     need(importlib.util.find_spec("vllm") is not None, "vLLM")

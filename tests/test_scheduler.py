@@ -13,7 +13,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import REPO, hpcgen, make_run, status_json, write_job
+from helpers import REPO, hpcgen, make_run, part_files, status_json, write_job
 
 pytestmark = pytest.mark.slurm
 
@@ -106,7 +106,8 @@ def test_chain_waits_for_the_old_array_after_resume(cluster, tiny_model, tmp_pat
     from hpcgen_dev.datasets import make_dataset
 
     data = make_dataset(tmp_path / "d.parquet", 24, style="gsm8k", seed=5)
-    job = write_job(tmp_path / "job.yaml", data=data, model=tiny_model, sharding={"num_shards": 2},
+    # no stealing: the resumed task must leave the suspended task's shard to it
+    job = write_job(tmp_path / "job.yaml", data=data, model=tiny_model, sharding={"num_shards": 2, "steal": False},
                     rollout={"response_length": 8, "max_num_seqs": 2}, checkpoint={"every_rows": 2},
                     slurm={"array_parallelism": 2}, score={"after_merge": True})
     run_dir = tmp_path / "it's a \"run\" dir"
@@ -114,8 +115,7 @@ def test_chain_waits_for_the_old_array_after_resume(cluster, tiny_model, tmp_pat
     assert res.returncode == 0, res.stderr
     old = json.loads((run_dir / "submissions" / "0001.json").read_text())["jobs"]
     try:
-        wait_for(lambda: {n.name[:7] for n in (run_dir / "parts").glob("*.parquet")} >= {"s000000", "s000001"}, 600,
-                 "both shards generating", poll=0.5)
+        wait_for(lambda: part_files(run_dir, 0) and part_files(run_dir, 1), 600, "both shards generating", poll=0.5)
         subprocess.run(["scontrol", "suspend", old["1"]], check=True, capture_output=True)
         subprocess.run(["scancel", old["0"]], check=True, capture_output=True)
         wait_for(lambda: status_json(run_dir)["shards"][0]["state"] == "cancelled", 120, "shard 0 cancelled")

@@ -19,9 +19,10 @@ from hpcgen.rundir import atomic
 pytestmark = [pytest.mark.slurm, pytest.mark.vllm]
 
 
-def submit(tmp: Path, model: Path, data: Path, pace: str, sharding: dict, **extra) -> Path:
+def submit(tmp: Path, model: Path, data: Path, pace: str, sharding: dict, env: dict | None = None, **extra) -> Path:
     job = write_job(tmp / "job.yaml", data=data, model=model, **SLOW, sharding=sharding, **extra)
-    res = hpcgen("submit", str(job), "--run-dir", str(tmp / "run"), env={"HPCGEN_TEST_STEP_DELAY_S": pace})
+    res = hpcgen("submit", str(job), "--run-dir", str(tmp / "run"), env={"HPCGEN_TEST_STEP_DELAY_S": pace,
+                                                                         **(env or {})})
     assert res.returncode == 0, res.stderr
     return tmp / "run"
 
@@ -79,7 +80,8 @@ def test_thief_takes_the_slow_shards_tail_and_its_chunk_survives_kill_9(cluster,
 
 def test_resume_with_fewer_tasks_than_shards(cluster, tiny_model, fault_data, reference, tmp_path):
     """A 5-shard run whose tasks never started (held, then cancelled) resumed as 3 tasks sharing the 5 shards."""
-    run = submit(tmp_path, tiny_model, fault_data, "0", {"num_shards": 5}, slurm={"additional": {"hold": True}})
+    # held through sbatch's environment (SBATCH_HOLD) for this submission only: the resume's array is not held
+    run = submit(tmp_path, tiny_model, fault_data, "0", {"num_shards": 5}, env={"SBATCH_HOLD": "1"})
     assert hpcgen("cancel", str(run)).returncode == 0
     wait_for(lambda: all(s["state"] == "cancelled" for s in status_json(run)["shards"]), 120, "cancelled")
     res = hpcgen("resume", str(run), "--tasks", "3", "--wait")

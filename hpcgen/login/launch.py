@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from hpcgen.errors import SchedulerError, UserError
+from hpcgen.login.partition import cpus_per_task, max_array_size
 from hpcgen.rundir import atomic
 from hpcgen.rundir.layout import RunLayout
 from hpcgen.spec.schema import JobSpec, time_minutes
-
-DEFAULT_MAX_ARRAY_SIZE = 1001
 
 
 def slurm_parameters(spec: JobSpec) -> dict[str, Any]:
@@ -37,7 +36,7 @@ def slurm_parameters(spec: JobSpec) -> dict[str, Any]:
         "time": time_minutes(s.time),
         "nodes": nodes,
         "ntasks_per_node": 1,
-        "cpus_per_task": s.cpus_per_task or max(1, s.cpus_per_gpu * max(1, gpus)),
+        "cpus_per_task": cpus_per_task(spec),
         "array_parallelism": s.array_parallelism,
         "signal_delay_s": s.signal_delay_s,
         "setup": list(s.setup),
@@ -137,18 +136,6 @@ def local_plan_text(spec: JobSpec, groups: list[list[int]]) -> str:
         shown = ",".join(map(str, shards[:20])) + (f",... ({len(shards)} shards)" if len(shards) > 20 else "")
         lines.append(f"process {i}: shards {shown}")
     return "\n".join(lines)
-
-
-def max_array_size() -> int:
-    """The cluster's MaxArraySize (one ``scontrol show config`` call)."""
-    if shutil.which("scontrol") is None:
-        return DEFAULT_MAX_ARRAY_SIZE
-    try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return DEFAULT_MAX_ARRAY_SIZE
-    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
-    return int(m[1]) if m else DEFAULT_MAX_ARRAY_SIZE
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class SubmitResult:
     layout: RunLayout
     submission: Submission | None
     dry_run: str | None = None
+    notes: list[str] = field(default_factory=list)  # for stderr: checks that could not run, staging
 
 
 def default_run_dir(job_file: Path) -> Path:
@@ -53,23 +54,29 @@ def submit(job_file: Path, overrides: list[str], *, run_dir: Path | None = None,
            dry_run: bool = False) -> SubmitResult:
     site_file, how = site_path()
     spec, sources = load_job_traced(job_file, overrides, site=load_site(site_file) if site_file else None)
-    plan = make_plan(spec, job_file=str(job_file.resolve()), overrides=overrides)
+    plan = make_plan(spec, job_file=str(job_file.resolve()), overrides=overrides, download=not dry_run)
     layout = RunLayout(run_dir or default_run_dir(job_file))
     check_script_path(layout.root, "--run-dir")  # it is written into the sbatch script
+    notes = list(plan.notes)
+    if executor == "slurm":  # the request against the partition's nodes, before sbatch refuses it unexplained
+        from hpcgen.login.partition import check_before_queueing
+
+        if note := check_before_queueing(plan.spec, dry_run=dry_run):
+            notes.append(note)
     if dry_run:
         settings = [f"# site file: {site_file} ({how})" if site_file else f"# site file: {how}",
                     "# settings (presets < site file < job file < command line; built-in defaults not listed):",
                     *describe_sources(sources)]
         text = (local_plan_text(plan.spec, plan.tasks) if executor == "local"
                 else dry_run_text(layout, plan.spec, len(plan.tasks)))
-        return SubmitResult(plan, layout, None, "\n".join(settings) + "\n" + text)
+        return SubmitResult(plan, layout, None, "\n".join(settings) + "\n" + text, notes)
     if executor == "slurm":
         require_slurm()
     layout = create_run_dir(layout.root, plan.manifest, unique=run_dir is None)
     sub = submit_groups(layout, plan.spec, plan.tasks, executor=executor, kind="submit",
                         extra={"rows_done_at_submit": 0})
     attach_chain(layout, plan.spec, sub)
-    return SubmitResult(plan, layout, sub)
+    return SubmitResult(plan, layout, sub, notes=notes)
 
 
 def submit_sweep(job_file: Path, sweeps: list[str], overrides: list[str], *, multirun: bool = False,

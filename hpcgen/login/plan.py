@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from hpcgen.login.datasets import (
     plan_dataset,
 )
 from hpcgen.login.merge_input import KindCheck, check_names, output_format
+from hpcgen.login.staging import is_hub_id, stage_models
 from hpcgen.rundir import atomic
 from hpcgen.rundir.chunks import auto_chunk_rows, shard_chunks
 from hpcgen.rundir.fingerprint import model_fingerprint
@@ -37,7 +37,6 @@ from hpcgen.rundir.layout import FORMAT, RunLayout, check_writable
 from hpcgen.spec.loader import expand_path
 from hpcgen.spec.schema import JobSpec
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 __all__ = ["DatasetInfo", "inspect_dataset"]
@@ -70,11 +69,13 @@ def check_model(model_path: str, tokenizer_path: str | None = None) -> str:
     """Local model directories need a config and a tokenizer; hub ids are left to the task."""
     p = expand_path(model_path)
     if not p.exists():
-        if _HUB_ID.match(model_path) and not model_path.startswith((".", "/", "~", "$")):
+        if is_hub_id(model_path):  # not staged (dry run, model not in the cache yet)
             return model_path
         raise ModelError(f"model.path {model_path} does not exist")
     if not (p / "config.json").is_file():
         raise ModelError(f"model.path {p} has no config.json")
+    if tokenizer_path and is_hub_id(tokenizer_path):  # not staged (dry run)
+        return str(p)
     tok = expand_path(tokenizer_path) if tokenizer_path else p
     if not any((tok / f).is_file() for f in _TOKENIZER_FILES):
         raise ModelError(f"model.path {tok} has no tokenizer (tokenizer.json / tokenizer_config.json)")
@@ -129,6 +130,7 @@ class Plan:
     shards: list[tuple[int, int]]
     tasks: list[list[int]]
     manifest: dict[str, Any]
+    notes: list[str] = field(default_factory=list)  # for stderr (model staging)
 
     @property
     def rows(self) -> int:
@@ -142,10 +144,9 @@ def _absolute(path: str | list[str]) -> str | list[str]:
     return str(expand_path(path))
 
 
-def _resolved_spec(spec: JobSpec, model_path: str, datasets: list[DatasetPlan]) -> JobSpec:
-    """The job as the manifest freezes it: absolute paths everywhere."""
+def absolute_data_paths(spec: JobSpec) -> JobSpec:
+    """A copy of the job with every dataset and output path absolute (against the submit directory)."""
     resolved = spec.model_copy(deep=True)
-    resolved.model.path = model_path
     if spec.data.path is not None:
         resolved.data.path = _absolute(spec.data.path)
     if spec.data.output_path:
@@ -157,8 +158,16 @@ def _resolved_spec(spec: JobSpec, model_path: str, datasets: list[DatasetPlan]) 
     return resolved
 
 
-def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str]) -> Plan:
-    """Validate everything the login node can check and build the manifest (nothing written yet)."""
+def _resolved_spec(spec: JobSpec, model_path: str, datasets: list[DatasetPlan]) -> JobSpec:
+    """The job as the manifest freezes it: absolute paths everywhere."""
+    resolved = absolute_data_paths(spec)
+    resolved.model.path = model_path
+    return resolved
+
+
+def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str], download: bool = True) -> Plan:
+    """Validate everything the login node can check and build the manifest (nothing written yet).
+    A hub-id model is staged first (``download=False``, as in a dry run: only found in the cache)."""
     seeds = spec.run_seeds
     datasets = []
     for entry in spec.dataset_entries():
@@ -171,10 +180,13 @@ def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str]) -> P
         if output:
             check_writable(Path(output), f"{entry.key}.output_path")
         datasets.append(dp)
-    model_path = check_model(spec.model.path, spec.model.tokenizer_path)
+    staged = stage_models(spec, download=download)
+    model_path = check_model(staged.model_path, staged.tokenizer_path)
     blocks, shards = plan_blocks(datasets, seeds, spec.sharding.num_shards, spec.sharding.rows_per_shard)
     tasks = task_groups(len(shards), spec.sharding.shards_per_task, spec.sharding.num_tasks)
     resolved = _resolved_spec(spec, model_path, datasets)
+    resolved.model.tokenizer_path = staged.tokenizer_path
+    resolved.env = {**resolved.env, **staged.task_env}
     chunk_rows = spec.sharding.rows_per_chunk or auto_chunk_rows(shards, spec.feed_window)
     offsets: list[list[list[int]]] = []
     for b in blocks:
@@ -200,7 +212,9 @@ def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str]) -> P
         "jsonl_offsets": offsets,  # per shard, per chunk: [file index, byte offset] of the chunk's first line
         "tasks": tasks,
     }
-    return Plan(resolved, datasets, model_path, shards, tasks, manifest)
+    if staged.sources:  # hub id -> pinned revision and snapshot folder
+        manifest["model_source"] = staged.sources
+    return Plan(resolved, datasets, model_path, shards, tasks, manifest, staged.notes)
 
 
 def create_run_dir(run_dir: Path, manifest: dict[str, Any], *, unique: bool = False) -> RunLayout:

@@ -241,6 +241,7 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
     elif executor == "local":
         sched.local_starts = local_starts(layout)
     # with stealing, a shard whose own task has ended can still be in the hands of another task of the run
+    steal = bool(manifest["job"].get("sharding", {}).get("steal", True))
     extra_states = {j: _open_state(layout, j, executor, sched, -1, [], query_scheduler)[0] for j in extra}
     working = [j for j in task_jobs if (extra_states.get(j) or _open_state(
         layout, j, executor, sched, -1, [], query_scheduler)[0]) == "running"]
@@ -266,7 +267,7 @@ def collect(run_dir: Path, manifest: dict[str, Any], *, query_scheduler: bool = 
         chunk_rows = manifest["chunk_rows"]
         rows = sum(min(end, start + (c + 1) * chunk_rows) - (start + c * chunk_rows) for c in scan.done)
         rows += sum(p.rows for c, ps in scan.parts.items() if c not in scan.done for p in ps)
-        if state in ("failed", "cancelled", "unknown") and working and (scan.leases or state == "failed"):
+        if state in ("failed", "cancelled", "unknown") and steal and working and (scan.leases or state == "failed"):
             state, reason = "running", None  # its own task ended; other tasks of the run hold or will take its chunks
         s = ShardState(i, state, min(total, rows), total, jid, n_att, reason=reason)
         if state in ("failed", "cancelled"):

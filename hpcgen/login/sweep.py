@@ -52,6 +52,7 @@ class SweepSubmit:
     plans: list[Plan]
     submissions: list[Any] = field(default_factory=list)
     dry_run: str | None = None
+    notes: list[str] = field(default_factory=list)  # for stderr: staging, a partition check that could not run
 
 
 def _own_outputs(spec: JobSpec, name: str) -> JobSpec:
@@ -67,15 +68,15 @@ def _own_outputs(spec: JobSpec, name: str) -> JobSpec:
     return spec
 
 
-def plan_sweep(job_file: Path, sweeps: list[str], overrides: list[str], multirun: bool, site: Any = None
-               ) -> tuple[list[SweepRun], list[Plan]]:
+def plan_sweep(job_file: Path, sweeps: list[str], overrides: list[str], multirun: bool, site: Any = None,
+               download: bool = True) -> tuple[list[SweepRun], list[Plan]]:
     """Load and plan every run of the sweep (any error stops it before anything is written)."""
     runs = sweep_runs(sweeps, overrides, multirun)
     plans = []
     for run in runs:
         spec, _ = load_job_traced(job_file, run.overrides, site=site)
         plans.append(make_plan(_own_outputs(spec, run.name), job_file=str(job_file.resolve()),
-                               overrides=run.overrides))
+                               overrides=run.overrides, download=download))
     return runs, plans
 
 
@@ -85,9 +86,16 @@ def submit_sweep(job_file: Path, sweeps: list[str], overrides: list[str], *, mul
     from hpcgen.spec.site import load_site, site_path
 
     site_file, _ = site_path()
-    runs, plans = plan_sweep(job_file, sweeps, overrides, multirun, load_site(site_file) if site_file else None)
+    runs, plans = plan_sweep(job_file, sweeps, overrides, multirun, load_site(site_file) if site_file else None,
+                             download=not dry_run)
     root = Path(root).resolve()
-    out = SweepSubmit(root, runs, plans)
+    out = SweepSubmit(root, runs, plans, notes=[n for p in plans for n in p.notes])
+    if executor == "slurm":  # every run's request against the partition, before any folder is made
+        from hpcgen.login.partition import check_before_queueing
+
+        for plan in plans:
+            if (note := check_before_queueing(plan.spec, dry_run=dry_run)) and note not in out.notes:
+                out.notes.append(note)
     if dry_run:
         lines = [f"# sweep: {len(runs)} runs in {root} (not created)"]
         lines += [f"#   {r.name}: {' '.join(r.overrides)}" for r in runs]

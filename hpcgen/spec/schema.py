@@ -58,6 +58,14 @@ class ModelConfig(_Section):
     path: str
     trust_remote_code: bool = False
     tokenizer_path: str | None = None
+    revision: str | None = None  # hub ids only: branch, tag or commit to pin (default: main)
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, v: str | None) -> str | None:
+        if v is not None and not _SAFE_NAME.match(v):
+            raise ValueError(f"{v!r} must be a branch, tag or commit name")
+        return v
 
 
 class RolloutConfig(_Section):
