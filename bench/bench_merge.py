@@ -128,8 +128,11 @@ def sibling_run(run_dir: Path, name: str, *, done: int | None = None, one_row_gr
     manifest = json.loads((run_dir / "manifest.json").read_text())
     if one_row_group:
         path = run_dir.parent / "input-1rg.parquet"
-        pq.write_table(pq.read_table(manifest["dataset"]["path"]), path)
-        manifest["dataset"]["path"] = str(path)
+        from hpcgen.rundir.fingerprint import dataset_sample
+
+        entry = manifest["datasets"][0]["files"][0]
+        pq.write_table(pq.read_table(entry["path"]), path)
+        entry.update(path=str(path), sample=dataset_sample(str(path)))
     shutil.rmtree(root, ignore_errors=True)
     for d in ("attempts", "submissions", "logs"):
         shutil.copytree(run_dir / d, root / d)
@@ -172,7 +175,7 @@ def child_baseline(run_dir: Path, out: Path) -> None:
 
     floor = warm_floor(run_dir, out)
     t = time.perf_counter()
-    inp_path = load_manifest(run_dir)["dataset"]["path"]
+    inp_path = load_manifest(run_dir)["datasets"][0]["files"][0]["path"]
     files = sorted((run_dir / "work").glob("*/*.parquet"))
     gen = pa.concat_tables([pq.read_table(f) for f in files]).sort_by("row_id")
     inp = pq.read_table(inp_path)

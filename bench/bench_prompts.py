@@ -33,8 +33,10 @@ def child(path: str, mode: str, shards: int, shard: int) -> None:
 
     rows = pq.read_metadata(path).num_rows
     bounds = [(i * rows // shards, (i + 1) * rows // shards) for i in range(shards)]
-    manifest = {"shards": bounds, "dataset": {"format": "parquet", "path": path},
-                "job": {"data": {"prompt_key": "prompt"}}}
+    manifest = {"shards": bounds, "job": {"data": {"prompt_key": "prompt"}},  # the manifest's reading part
+                "datasets": [{"name": "d", "kind": "parquet", "files": [{"path": path, "rows": rows}],
+                              "prompt_key": "prompt", "n_samples": 1}],
+                "blocks": [{"dataset": 0, "seed": 0, "start": 0, "rows": rows, "first_shard": 0, "shards": shards}]}
     pa.Table.from_pylist([{"a": 1}])  # pyarrow's lazy set-up, not counted
     from hpcgen.task.prompts import read_prompts
 

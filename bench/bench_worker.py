@@ -100,14 +100,15 @@ def bare_phase(llm, spec, manifest: dict, out: Path) -> float:
 
     t0 = time.perf_counter()
     tok = llm.get_tokenizer()
-    prompts = pq.read_table(manifest["dataset"]["path"], columns=[spec.data.prompt_key]).column(0).to_pylist()
+    prompts = pq.read_table(manifest["datasets"][0]["files"][0]["path"],
+                            columns=[spec.data.prompt_key]).column(0).to_pylist()
     r, n = spec.rollout, spec.data.n_samples
     token_prompts, params = [], []
     for row_id, msgs in enumerate(prompts):
         text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         token_prompts.append(TokensPrompt(prompt_token_ids=list(tok.encode(text, add_special_tokens=False))))
         params.append(SamplingParams(n=n, temperature=spec.temperature, top_p=r.top_p, top_k=max(0, r.top_k),
-                                     max_tokens=r.response_length, seed=row_seed(spec.seed, row_id, n)))
+                                     max_tokens=r.response_length, seed=row_seed(spec.run_seeds[0], row_id, n)))
     outs = llm.generate(token_prompts, params, use_tqdm=False)
     rows = []
     for row_id, o in enumerate(outs):

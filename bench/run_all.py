@@ -24,7 +24,8 @@ import common  # noqa: E402
 
 SCRIPTS = {"worker": "bench_worker.py", "plan": "bench_plan.py", "status": "bench_status.py",
            "merge": "bench_merge.py", "fingerprint": "bench_fingerprint.py", "score": "bench_score.py",
-           "prompts": "bench_prompts.py", "steal-sim": "bench_steal_sim.py", "steal-cluster": "bench_steal_cluster.py"}
+           "prompts": "bench_prompts.py", "steal-sim": "bench_steal_sim.py", "steal-cluster": "bench_steal_cluster.py",
+           "eval": "bench_eval.py"}
 
 
 def run(name: str) -> tuple[list[dict], float, int]:

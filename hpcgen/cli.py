@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hpcgen import __version__
 from hpcgen.errors import HpcgenError
 
 
@@ -38,18 +37,18 @@ def _summary_line(state: Any) -> str:
 def cmd_submit(a: argparse.Namespace) -> int:
     from hpcgen.login import ops
 
+    if a.sweep or a.multirun:
+        return _submit_sweep(a)
     res = ops.submit(Path(a.job), a.overrides, run_dir=Path(a.run_dir) if a.run_dir else None,
                      executor=a.executor, dry_run=a.dry_run)
     p = res.plan
     for note in res.notes:  # model staging, and a partition check that could not run
         _err(note)
-    sizes = [e - s for s, e in p.shards]
-    _err(f"plan: {p.dataset.rows} rows of {p.dataset.path} -> {len(p.shards)} shards "
-         f"({min(sizes)}-{max(sizes)} rows), {len(p.tasks)} tasks, n_samples={p.spec.data.n_samples}")
+    _plan_lines(p)
     if res.dry_run is not None:
         from hpcgen.login.advice import sizing_advice
 
-        for line in sizing_advice(p.spec, sizes):
+        for line in sizing_advice(p.spec, [e - s for s, e in p.shards]):
             _err(line)
         print(f"# run directory (not created): {res.layout.root}")
         if a.executor == "slurm":
@@ -66,6 +65,41 @@ def cmd_submit(a: argparse.Namespace) -> int:
     finally:  # the last stdout line is the run directory, also when --wait ends in a failure
         print(res.layout.root, flush=True)
     return 0
+
+
+def _submit_sweep(a: argparse.Namespace) -> int:
+    from hpcgen.login import ops
+
+    res = ops.submit_sweep(Path(a.job), a.sweep or [], a.overrides, multirun=a.multirun,
+                           run_dir=Path(a.run_dir) if a.run_dir else None, executor=a.executor, dry_run=a.dry_run)
+    for note in res.notes:
+        _err(note)
+    for run, plan in zip(res.runs, res.plans, strict=True):
+        _err(f"run {run.name} ({run.label}):")
+        _plan_lines(plan)
+    if res.dry_run is not None:
+        print(res.dry_run)
+        return 0
+    arrays = [x for sub in res.submissions for x in sub.arrays]
+    _err(f"queued {len(res.runs)} runs ({sum(len(p.tasks) for p in res.plans)} tasks): {', '.join(arrays)}")
+    if a.wait:
+        for run in res.runs:
+            _wait(res.root / run.name)
+    print(res.root)
+    return 0
+
+
+def _plan_lines(p: Any) -> None:
+    sizes = [e - s for s, e in p.shards]
+    shards = f"{len(p.shards)} shards ({min(sizes)}-{max(sizes)} rows), {len(p.tasks)} tasks"
+    seeds = p.spec.run_seeds
+    if len(p.datasets) == 1 and len(seeds) == 1:
+        d = p.datasets[0]
+        _err(f"plan: {d.describe()} -> {shards}, n_samples={d.n_samples}")
+        return
+    for d in p.datasets:
+        _err(f"dataset {d.name}: {d.describe()}, n_samples={d.n_samples}" + (" (per request)" if d.n_runs else ""))
+    _err(f"plan: {len(p.datasets)} dataset(s) x {len(seeds)} seed(s) {seeds} = {p.rows} rows -> {shards}")
 
 
 def _wait(run_dir: Path) -> None:
@@ -86,6 +120,16 @@ def cmd_status(a: argparse.Namespace) -> int:
     from hpcgen.login.state import collect
     from hpcgen.rundir.manifest import load_manifest
 
+    if _sweep(a.run_dir) and not a.watch:
+        from hpcgen.login.sweep import format_status, sweep_status
+
+        entries = sweep_status(Path(a.run_dir))
+        if a.json:
+            print(json.dumps({"format": "hpcgen-sweep-status/1", "sweep": str(Path(a.run_dir).resolve()),
+                              "runs": entries}))
+        else:
+            _console().print(format_status(Path(a.run_dir), entries))
+        return 0
     if a.watch:
         from hpcgen.login.watch import check_interval, watch
 
@@ -94,21 +138,30 @@ def cmd_status(a: argparse.Namespace) -> int:
         watch(Path(a.run_dir), interval=a.interval, tty=tty, console=_console() if tty else None,
               out=lambda line: print(line, flush=True))
         return 0
-    state = collect(Path(a.run_dir), load_manifest(Path(a.run_dir)))
+    manifest = load_manifest(Path(a.run_dir))
+    state = collect(Path(a.run_dir), manifest)
+    from hpcgen.login.sweep import block_progress
+
+    per_dataset = block_progress(manifest, state)
     if a.json:
-        print(json.dumps(state.to_dict()))
+        print(json.dumps({**state.to_dict(), "datasets": {k: {"rows_done": v[0], "rows_total": v[1]}
+                                                          for k, v in per_dataset.items()}}))
         return 0
     from rich.markup import escape
     from rich.table import Table
 
     shown = [s for s in state.shards if a.all or s.state != "done"][: None if a.all else 50]
     table = Table()
-    for col in ("shard", "state", "rows", "job", "attempts", "last error"):
+    from hpcgen.rundir.blocks import shard_block
+
+    blocks = len(manifest["blocks"]) > 1  # a run of several datasets or seeds: which one each shard is
+    for col in ("shard", *(["dataset/seed"] if blocks else []), "state", "rows", "job", "attempts", "last error"):
         table.add_column(col)
     for s in shown:
         note = (s.last_error or "") if s.state in ("failed", "cancelled") else (s.reason or "")
-        table.add_row(str(s.id), s.state, f"{s.rows_done}/{s.rows_total}", s.job_id or "-", str(s.attempts),
-                      escape(note))
+        b = shard_block(manifest, s.id) if blocks else None
+        table.add_row(str(s.id), *([f"{b.name}/{b.seed}"] if b else []), s.state, f"{s.rows_done}/{s.rows_total}",
+                      s.job_id or "-", str(s.attempts), escape(note))
     con = _console()
     con.print(escape(f"run {state.run_dir}" + (f" ({state.executor})" if state.executor else "")))
     if state.chain:
@@ -123,6 +176,9 @@ def cmd_status(a: argparse.Namespace) -> int:
         con.print(escape(f"shard {s.id} {s.state}, its log: {s.logs_command}"), soft_wrap=True)
     if len(bad) > 10:
         con.print(f"... and {len(bad) - 10} more failed shards (hpcgen logs RUN SHARD --err)")
+    if len(per_dataset) > 1 or len(manifest["seeds"]) > 1:
+        con.print(escape("datasets (every seed): " + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in per_dataset.items())
+                         + f"; seeds {manifest['seeds']}"))
     con.print(_summary_line(state))
     return 0
 
@@ -167,6 +223,11 @@ def cmd_logs(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from hpcgen.login.report import write_report
 
+    if _sweep(a.run_dir):
+        from hpcgen.login.sweep import write_sweep_report
+
+        print(write_sweep_report(Path(a.run_dir), Path(a.output) if a.output else None))
+        return 0
     out = write_report(Path(a.run_dir), Path(a.output) if a.output else None)
     print(out)
     return 0
@@ -206,18 +267,37 @@ def cmd_scale(a: argparse.Namespace) -> int:
 
 
 def cmd_merge(a: argparse.Namespace) -> int:
-    from hpcgen.login.merge import merge_run
+    from hpcgen.login.merge import merge_all
+    from hpcgen.rundir.blocks import dataset_index
+    from hpcgen.rundir.manifest import load_manifest
 
-    res = merge_run(Path(a.run_dir), output=Path(a.output) if a.output else None,
-                    allow_partial=a.allow_partial, metadata=False if a.no_metadata else None)
-    if res.missing_shards:
-        _err(f"partial merge: {len(res.missing_shards)} shard(s) missing")
-    if res.dropped_rows:
-        _err(f"dropped {res.dropped_rows} duplicate row(s): saved by a task after another took its chunk over")
-    _err(f"merged {res.rows} rows from {res.shards} shards ({res.error_rows} rows with errors) "
-         f"in {res.seconds:.1f}s")
-    print(res.output)
+    if _sweep(a.run_dir):
+        from hpcgen.login.sweep import merge_sweep
+
+        for res in merge_sweep(Path(a.run_dir), allow_partial=a.allow_partial,
+                               metadata=False if a.no_metadata else None):
+            print(res.output)
+        return 0
+    picked = [dataset_index(load_manifest(Path(a.run_dir)), a.dataset)] if a.dataset else None
+    results = merge_all(Path(a.run_dir), output=Path(a.output) if a.output else None, datasets=picked,
+                        allow_partial=a.allow_partial, metadata=False if a.no_metadata else None)
+    for res in results:
+        name = f"dataset {res.dataset}: " if len(results) > 1 or a.dataset else ""
+        if res.missing_shards:
+            _err(f"{name}partial merge: {len(res.missing_shards)} shard(s) missing")
+        if res.dropped_rows:
+            _err(f"{name}dropped {res.dropped_rows} duplicate row(s): saved by a task after another took its chunk "
+                 "over")
+        _err(f"{name}merged {res.rows} rows from {res.shards} shards ({res.error_rows} rows with errors) "
+             f"in {res.seconds:.1f}s")
+        print(res.output)
     return 0
+
+
+def _sweep(path: str) -> bool:
+    from hpcgen.login.sweep import is_sweep
+
+    return is_sweep(Path(path))
 
 
 def cmd_cancel(a: argparse.Namespace) -> int:
@@ -260,88 +340,9 @@ def cmd_doctor(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hpcgen", description="Run a trained LLM over a prompt dataset on SLURM: "
-                                "sharded job arrays of vLLM tasks, resumable, merged into one verified parquet.")
-    p.add_argument("--version", action="version", version=f"hpcgen {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from hpcgen.cli_parser import build_parser as build
 
-    s = sub.add_parser("submit", help="plan shards and queue one job array")
-    s.add_argument("job", help="job file (YAML)")
-    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any key, e.g. data.n_samples=8")
-    s.add_argument("--run-dir", help="run directory (default ./runs/<job>-<time>)")
-    s.add_argument("--executor", choices=("slurm", "local"), default="slurm")
-    s.add_argument("--dry-run", action="store_true", help="print the plan and the sbatch script; queue nothing")
-    s.add_argument("--wait", action="store_true", help="block until every shard is done or failed")
-    s.set_defaults(fn=cmd_submit)
-
-    s = sub.add_parser("status", help="where every shard stands")
-    s.add_argument("run_dir")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--all", action="store_true", help="list done shards too")
-    s.add_argument("--watch", action="store_true",
-                   help="refresh in place with progress bars until the run ends (plain lines if not a terminal)")
-    s.add_argument("--interval", type=float, default=2.0, help="seconds between --watch refreshes (<= 5)")
-    s.set_defaults(fn=cmd_status)
-
-    s = sub.add_parser("logs", help="print the log of a shard's latest (or chosen) attempt")
-    s.add_argument("run_dir")
-    s.add_argument("shard", nargs="?", type=int, help="shard id (default: the first failed shard)")
-    s.add_argument("--attempt", type=int, help="attempt number, 1 = first (default: the latest)")
-    s.add_argument("--err", action="store_true", help="stderr (errors, tracebacks) instead of stdout")
-    s.add_argument("--follow", "-f", action="store_true", help="keep printing until the attempt ends")
-    s.set_defaults(fn=cmd_logs)
-
-    s = sub.add_parser("report", help="write a self-contained HTML report of the run (plots, timeline, scores)")
-    s.add_argument("run_dir")
-    s.add_argument("--output", help="where to write it (default RUN_DIR/report.html)")
-    s.set_defaults(fn=cmd_report)
-
-    s = sub.add_parser("resume", help="resubmit only the shards that are not done")
-    s.add_argument("run_dir")
-    s.add_argument("--tasks", type=int, help="this many tasks share whatever is left (default: one per open shard)")
-    s.add_argument("--wait", action="store_true")
-    s.set_defaults(fn=cmd_resume)
-
-    s = sub.add_parser("scale", help="add tasks to a running run; they take over remaining work")
-    s.add_argument("run_dir")
-    s.add_argument("add", metavar="+K", help="number of tasks to add, e.g. +4")
-    s.set_defaults(fn=cmd_scale)
-
-    s = sub.add_parser("merge", help="verify and merge every shard into one ordered file")
-    s.add_argument("run_dir")
-    s.add_argument("--output", help="output path (.parquet or .jsonl); default data.output_path")
-    s.add_argument("--allow-partial", action="store_true", help="merge the done shards of an incomplete run")
-    s.add_argument("--no-metadata", action="store_true", help="only add 'responses' (verl's exact schema)")
-    s.set_defaults(fn=cmd_merge)
-
-    s = sub.add_parser("cancel", help="cancel every job of the run (it stays resumable)")
-    s.add_argument("run_dir")
-    s.set_defaults(fn=cmd_cancel)
-
-    s = sub.add_parser("doctor", help="check this site before the first real run (one line per check)")
-    s.add_argument("job", nargs="?", help="job file whose partition, GPUs, setup and output path to check")
-    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any key of the job")
-    s.add_argument("--partition", help="partition to check (default: the job's, else the cluster's default)")
-    s.add_argument("--gpus", type=int, help="GPUs per node for the test job (default: the job's, else 1 where "
-                   "the partition has GPUs)")
-    s.add_argument("--run-dir", help="where runs go: the test job's files are written there (default ./runs)")
-    s.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the test job (default 180)")
-    s.set_defaults(fn=cmd_doctor)
-
-    s = sub.add_parser("score", help="grade merged answers: mean@n ± se, pass@k, maj@k per data_source")
-    s.add_argument("target", help="a run directory or a merged .parquet/.jsonl file")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--output", help="where to write the scores JSON")
-    s.add_argument("--per-sample", help="also write the input with per-sample 'scores' and 'extracted' here")
-    s.add_argument("--grader", help="verl (default: verl's default_compute_score rules) or math-verify "
-                   "(lenient); default score.grader of the job")
-    s.add_argument("--compare", action="store_true", help="grade with both graders, side by side")
-    s.add_argument("--custom", help="custom scorer FILE.py[:FUNCTION] (verl's compute_score convention)")
-    s.add_argument("--workers", type=int, help="grading processes (default: automatic; 1: none)")
-    s.add_argument("--response-key", help="the responses column (default: the run's merge.response_key, "
-                   "else 'responses')")
-    s.set_defaults(fn=cmd_score)
-    return p
+    return build({"submit": cmd_submit, "status": cmd_status, "logs": cmd_logs, "report": cmd_report, "resume": cmd_resume, "scale": cmd_scale, "merge": cmd_merge, "cancel": cmd_cancel, "doctor": cmd_doctor, "score": cmd_score})
 
 
 def main(argv: list[str] | None = None) -> int:

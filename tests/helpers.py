@@ -65,8 +65,9 @@ class FakeEngine:
         self.spec, self.per_step, self.fail_rows = spec, per_step, fail_rows
         self.queue: list[int] = []
         self.added: list[int] = []
+        self.sampling: dict[int, dict[str, Any]] = {}
 
-    def encode(self, prompt: Any) -> tuple[list[int], bool]:
+    def encode(self, prompt: Any, chat: Any = None) -> tuple[list[int], bool]:
         from hpcgen.task.engine import PromptError, normalize_messages
 
         msgs = normalize_messages(prompt)
@@ -75,13 +76,14 @@ class FakeEngine:
             raise PromptError("too long")
         return ids, False
 
-    def add(self, row_id: int, ids: list[int]) -> None:
+    def add(self, row_id: int, ids: list[int], sampling: dict[str, Any] | None = None) -> None:
         from hpcgen.task.engine import PromptError
 
         if row_id in self.fail_rows:
             raise PromptError(f"row {row_id} rejected by the engine")
         self.queue.append(row_id)
         self.added.append(row_id)
+        self.sampling[row_id] = dict(sampling or {"n": self.spec.data.n_samples})
 
     def has_unfinished(self) -> bool:
         return bool(self.queue)
@@ -89,9 +91,21 @@ class FakeEngine:
     def step(self) -> list[Any]:
         from hpcgen.task.engine import Finished
 
-        n = self.spec.data.n_samples
         done, self.queue = self.queue[: self.per_step], self.queue[self.per_step:]
-        return [Finished(r, [f"row {r} sample {i}" for i in range(n)], ["stop"] * n, [3] * n, 5) for r in done]
+        return [Finished(r, [self.text(r, i, sp) for i in range(sp["n"])], ["stop"] * sp["n"], [3] * sp["n"], 5)
+                for r in done for sp in [self.sampling.pop(r)]]
+
+    def text(self, row_id: int, i: int, sampling: dict[str, Any]) -> str:
+        return f"row {row_id} sample {i}"
+
+
+class SeedEngine(FakeEngine):
+    """Text from the request's seed, not the run row id: what a real engine's samples depend on (so a row of a
+    run of several datasets and seeds reads like the same row of a single-dataset run with that seed)."""
+
+    def text(self, row_id: int, i: int, sampling: dict[str, Any]) -> str:
+        extra = {k: v for k, v in sorted(sampling.items()) if k not in ("n", "seed")}
+        return f"seed {sampling['seed'] + i}" + (f" {extra}" if extra else "")
 
 
 def make_run(tmp_path: Path, dataset: Path, model: Path, *overrides: str) -> Any:

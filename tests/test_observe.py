@@ -330,7 +330,7 @@ def _job(tmp: Path, obs_run: Path) -> Path:
     manifest = json.loads((obs_run / "manifest.json").read_text())
     job = tmp / "job.yaml"
     job.write_text(json.dumps({"defaults": ["model/tiny", "cluster/dev"],
-                               "data": {"path": manifest["dataset"]["path"]},
+                               "data": {"path": manifest["datasets"][0]["files"][0]["path"]},
                                "model": {"path": manifest["job"]["model"]["path"]},
                                "sharding": {"num_shards": 3}}))
     return job

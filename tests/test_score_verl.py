@@ -313,7 +313,8 @@ def test_job_file_grader_is_used_for_a_run_dir(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "manifest.json").write_text(json.dumps({"format": FORMAT, "job": {
-        "data": {"output_path": str(merged)}, "score": {"grader": "math-verify"}}}))
+        "data": {"output_path": str(merged)}, "score": {"grader": "math-verify"}},
+        "datasets": [{"name": "data", "kind": "parquet", "output_path": str(merged)}]}))
     res = hpcgen("score", str(run), "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["grader"] == "math-verify"
@@ -355,7 +356,8 @@ def test_renamed_columns_of_a_run_are_the_ones_graded(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "manifest.json").write_text(json.dumps({"format": FORMAT, "job": {
-        "data": {"output_path": str(merged)}, "merge": {"response_key": "answers", "metadata_prefix": "gen_"}}}))
+        "data": {"output_path": str(merged)}, "merge": {"response_key": "answers", "metadata_prefix": "gen_"}},
+        "datasets": [{"name": "data", "kind": "parquet", "output_path": str(merged)}]}))
     for workers in ("1", "2"):
         res = hpcgen("score", str(run), "--json", "--workers", workers)
         assert res.returncode == 0, res.stderr

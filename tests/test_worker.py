@@ -117,8 +117,8 @@ def test_prompt_reader_reads_only_the_chunk(tmp_path, small_dataset, fake_model,
         for chunk in reversed(range(num_chunks(manifest, shard))):  # a thief's order
             lo, hi = chunk_bounds(manifest, shard, chunk)
             rows = list(reader.rows(shard, chunk, lo, hi))
-            assert [r for r, _ in rows] == list(range(lo, hi))
-            assert [v for _, v in rows] == full[lo:hi]
+            assert [r.row_id for r in rows] == list(range(lo, hi))
+            assert [r.value for r in rows] == full[lo:hi]
 
 
 def test_finished_task_ignores_a_late_time_limit_warning(tmp_path, small_dataset, fake_model):
@@ -146,7 +146,9 @@ from hpcgen.task.prompts import read_prompts
 path, shards = sys.argv[1], 10
 rows = pq.read_metadata(path).num_rows
 manifest = {"shards": [(i * rows // shards, (i + 1) * rows // shards) for i in range(shards)],
-            "dataset": {"format": "parquet", "path": path}, "job": {"data": {"prompt_key": "prompt"}}}
+            "datasets": [{"name": "d", "kind": "parquet", "files": [{"path": path, "rows": rows}],
+                          "prompt_key": "prompt", "n_samples": 1}],
+            "blocks": [{"dataset": 0, "seed": 0, "start": 0, "rows": rows, "first_shard": 0, "shards": shards}]}
 pa.Table.from_pylist([{"a": 1}])
 base = pa.default_memory_pool().max_memory()
 ids = [r for r, _ in read_prompts(manifest, shards - 1)]

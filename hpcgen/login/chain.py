@@ -19,29 +19,34 @@ log = logging.getLogger("hpcgen.login.chain")
 
 
 def merge_and_score(run_dir: str) -> dict[str, Any]:
-    """Runs inside the dependent job."""
-    from hpcgen.login.merge import merge_run
+    """Runs inside the dependent job: merge every dataset, grade what can be graded, write the report."""
+    from hpcgen.errors import ScoreError
+    from hpcgen.login.merge import merge_all
     from hpcgen.rundir.manifest import load_manifest
-    from hpcgen.scoring.command import merged_keys
-    from hpcgen.scoring.score import score_file, write_report
+    from hpcgen.scoring.evaluation import Settings, score_output, score_run
+    from hpcgen.scoring.score import write_report
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     layout = RunLayout(Path(run_dir))
-    res = merge_run(layout.root)
-    job = load_manifest(layout.root)["job"]
-    settings = job.get("score", {})
-    custom = settings.get("custom_path")
-    response_key, gen_error_key = merged_keys(job)
-    report = score_file(Path(res.output), grader=settings.get("grader") or "verl",
-                        custom_path=Path(custom) if custom else None,
-                        custom_name=settings.get("custom_name") or "compute_score", progress=False,
-                        response_key=response_key, gen_error_key=gen_error_key)
-    write_report(report, layout.scores)
+    results = merge_all(layout.root)
+    manifest = load_manifest(layout.root)
+    report: dict[str, Any] | None = None
+    try:
+        if len(manifest["datasets"]) == 1 and manifest["datasets"][0]["kind"] != "openai_batch":
+            report = score_output(Path(results[0].output), manifest["job"], Settings(progress=False))
+        else:
+            report = score_run(layout.root, Settings(progress=False))
+        write_report(report, layout.scores)
+    except ScoreError as exc:  # nothing gradable (an OpenAI batch file): the merge is what was asked for
+        log.warning("not scored: %s", exc)
     from hpcgen.login.report import write_report as write_html
 
     html = write_html(layout.root)
-    log.info("merged %d rows into %s; scores in %s; report %s", res.rows, res.output, layout.scores, html)
-    return {"output": res.output, "scores": str(layout.scores), "report": str(html), "overall": report["overall"]}
+    outputs = [r.output for r in results]
+    log.info("merged %d rows into %s; scores in %s; report %s", sum(r.rows for r in results), ", ".join(outputs),
+             layout.scores, html)
+    return {"outputs": outputs, "output": outputs[0], "scores": str(layout.scores), "report": str(html),
+            "overall": (report or {}).get("overall")}
 
 
 def chain_dependency(arrays: list[str], still_running: list[str] | None = None) -> str:

@@ -52,19 +52,37 @@ def _path(value: str, what: str) -> str:
 def auto_mounts(spec: JobSpec, run_dir: Path) -> list[Mount]:
     """What the task reads or writes, from the resolved spec (absolute paths after the plan)."""
     out = [Mount(str(run_dir), str(run_dir), None, "run directory")]
-    out.append(Mount(spec.data.path, spec.data.path, "ro", "dataset"))
+    for path, what in dataset_paths(spec):
+        out.append(Mount(path, path, "ro", what))
     for key, value in (("model", spec.model.path), ("tokenizer", spec.model.tokenizer_path)):
         if value and os.path.isabs(_expand(value)):  # a hub id is not a path: the cache below holds it
             out.append(Mount(value, value, "ro", key))
             for target in _link_targets(Path(_expand(value))):
                 out.append(Mount(target, target, "ro", f"{key} file links"))
-    if spec.data.output_path:
-        parent = str(Path(spec.data.output_path).parent)
-        out.append(Mount(parent, parent, None, "output directory"))
+    for e in spec.dataset_entries():
+        output = e.output_path or (spec.data.output_path if len(spec.dataset_entries()) == 1 else None)
+        if output:
+            parent = str(Path(output).parent)
+            out.append(Mount(parent, parent, None, "output directory"))
     for name in _CACHE_ENV:
         value = spec.env.get(name)
         if value and os.path.isabs(_expand(value)):
             out.append(Mount(value, value, None, f"env.{name}"))
+    return out
+
+
+def dataset_paths(spec: JobSpec) -> list[tuple[str, str]]:
+    """What to mount for each dataset: a file or folder itself, a glob's folder (the part before the first
+    wildcard), each file of a list."""
+    out = []
+    for e in spec.dataset_entries():
+        what = "dataset" if not e.named else f"dataset {e.name}"
+        for p in ([e.path] if isinstance(e.path, str) else list(e.path)):
+            if any(c in p for c in "*?["):
+                head = p[:min(p.index(c) for c in "*?[" if c in p)]
+                p = head if head.endswith("/") else os.path.dirname(head)
+                p = p.rstrip("/") or "/"
+            out.append((p, what))
     return out
 
 

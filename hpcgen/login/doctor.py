@@ -387,9 +387,9 @@ def doctor_spec(job_file: Path | None, overrides: list[str], *, partition: str |
                                       "slurm": {"cpus_per_task": 1}}
     spec = load_job(job_file, overrides, data=stand_in, site=load_site(site_file) if site_file else None)
     if job_file:
-        spec.data.path = str(expand_path(spec.data.path))
-        if spec.data.output_path:
-            spec.data.output_path = str(expand_path(spec.data.output_path))
+        from hpcgen.login.plan import absolute_data_paths
+
+        spec = absolute_data_paths(spec)
         for attr in ("path", "tokenizer_path"):
             value = getattr(spec.model, attr)
             if value and not is_hub_id(value):

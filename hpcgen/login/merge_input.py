@@ -19,9 +19,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hpcgen.errors import DatasetError, RunDirError, UserError
+from hpcgen.rundir.blocks import shard_block
+from hpcgen.rundir.sources import FileSet, arrow_batches, jsonl_lines
 
 GENERATED = ("responses", "finish_reasons", "response_tokens", "prompt_tokens", "prompt_truncated", "gen_error")
 META = GENERATED[1:]
+SOURCE_COLUMNS = ("source_file", "source_row")  # a dataset of several files: where each row came from
+SEED_COLUMN = "sample_seed"  # several seeds: the seed of each sample (a list parallel to responses)
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -37,18 +41,26 @@ def output_format(path: Path) -> str:
                     "use .parquet or .jsonl (also .pq, .ndjson)")
 
 
-def output_names(merge: dict[str, Any], metadata: bool) -> dict[str, str]:
-    """Generated column -> its name in the output (``merge.response_key``, ``merge.metadata_prefix``)."""
+def output_names(merge: dict[str, Any], metadata: bool, *, sources: bool = False, seeds: bool = False
+                 ) -> dict[str, str]:
+    """Generated column -> its name in the output (``merge.response_key``, ``merge.metadata_prefix``); with
+    metadata, a dataset of several files also gets ``source_file``/``source_row`` and a run of several seeds
+    ``sample_seed``."""
     names = {"responses": merge.get("response_key") or "responses"}
     if metadata:
         prefix = merge.get("metadata_prefix") or ""
         names.update({c: prefix + c for c in META})
+        if sources:
+            names.update({c: prefix + c for c in SOURCE_COLUMNS})
+        if seeds:
+            names[SEED_COLUMN] = prefix + SEED_COLUMN
     return names
 
 
-def check_names(columns: list[str], merge: dict[str, Any], metadata: bool, where: str) -> None:
+def check_names(columns: list[str], merge: dict[str, Any], metadata: bool, where: str, *, sources: bool = False,
+                seeds: bool = False) -> None:
     """A generated column named like an input column would drop or shadow the input's: refuse, naming both."""
-    names = output_names(merge, metadata)
+    names = output_names(merge, metadata, sources=sources, seeds=seeds)
     for gen, out in names.items():
         if out in columns:
             option = ("merge.response_key=<new name>" if gen == "responses"
@@ -83,37 +95,64 @@ class KindCheck:
 
 
 class InputReader:
-    """Sequential reads of contiguous, ascending row ranges of the input dataset."""
+    """Sequential reads of one dataset's rows, shard by shard in ascending order (any shard of the dataset's
+    blocks: every seed block covers the same dataset rows)."""
 
-    def __init__(self, manifest: dict[str, Any]) -> None:
-        ds = manifest["dataset"]
-        self.format, self.path = ds["format"], ds["path"]
+    def __init__(self, manifest: dict[str, Any], dataset: int = 0) -> None:
         self.manifest = manifest
+        self.entry = manifest["datasets"][dataset]
+        self.files = FileSet(self.entry)
+        self.format = "jsonl" if self.entry["kind"] in ("jsonl", "openai_batch") else self.entry["kind"]
+        given = self.entry.get("given")
+        self.path = given if isinstance(given, str) else f"{len(self.files.paths)} files of {self.entry['name']}"
         self.schema: pa.Schema | None = None
-        if self.format == "parquet":
-            self.pf = pq.ParquetFile(self.path)
-            self.schema = self.pf.schema_arrow
+        if self.format != "jsonl":
+            self.schema = self._file_schema(0)
             self._batches: Iterator[pa.RecordBatch] | None = None
             self._buffer: list[pa.RecordBatch] = []  # batches not yet consumed, starting at row self._pos
             self._pos = 0
 
+    def _file_schema(self, i: int) -> pa.Schema:
+        if self.format == "parquet":
+            return pq.ParquetFile(self.files.paths[i]).schema_arrow
+        return arrow_batches(self.files.paths[i])[1]
+
+    def _stream(self) -> Iterator[pa.RecordBatch]:
+        """Every batch of every file, in reading order, with the first file's schema."""
+        for path in self.files.paths:
+            if self.format == "parquet":
+                batches: Iterator[pa.RecordBatch] = pq.ParquetFile(path).iter_batches(batch_size=8192)
+            else:
+                batches = arrow_batches(path)[0]
+            for b in batches:
+                yield b if b.schema.equals(self.schema) else pa.RecordBatch.from_arrays(b.columns, schema=self.schema)
+
+    def local(self, shard: int) -> tuple[int, int]:
+        """The dataset rows a shard covers."""
+        start, end = self.manifest["shards"][shard]
+        base = shard_block(self.manifest, shard).start
+        return start - base, end - base
+
     def columns(self) -> list[str]:
-        return list(self.schema.names) if self.schema is not None else list(self.manifest["dataset"]["columns"])
+        return list(self.schema.names) if self.schema is not None else list(self.entry["columns"])
+
+    def sources(self, shard: int) -> tuple[list[str], list[int]]:
+        """Each row's file and its row index within that file."""
+        files: list[str] = []
+        rows: list[int] = []
+        for i, a, b in self.files.spans(*self.local(shard)):
+            files += [self.files.paths[i]] * (b - a)
+            rows += range(a, b)
+        return files, rows
 
     # --- JSON lines ----------------------------------------------------------------------------------
     def lines(self, shard: int) -> list[bytes]:
         """The shard's input lines, without their line ends."""
-        start, end = self.manifest["shards"][shard]
-        out: list[bytes] = []
-        with open(self.path, "rb") as fh:
-            fh.seek(self.manifest["jsonl_offsets"][shard][0])
-            for line in fh:
-                if len(out) >= end - start:
-                    break
-                if line.strip():
-                    out.append(line.rstrip(b"\r\n"))
-        if len(out) != end - start:
-            raise RunDirError(f"rows up to {end} are beyond the dataset {self.path}: did it change since the plan?")
+        lo, hi = self.local(shard)
+        file, offset = self.manifest["jsonl_offsets"][shard][0]
+        out = list(jsonl_lines(self.files.paths, file, offset, hi - lo))
+        if len(out) != hi - lo:
+            raise RunDirError(f"rows up to {hi} are beyond the dataset {self.path}: did it change since the plan?")
         return out
 
     def prepare_parquet_schema(self, shard_ids: list[int]) -> None:
@@ -158,9 +197,9 @@ class InputReader:
     def read(self, shard: int) -> pa.Table:
         if self.format == "jsonl":
             return self.jsonl_table(shard)
-        start, end = self.manifest["shards"][shard]
+        start, end = self.local(shard)
         if self._batches is None or start < self._pos:  # (re)start the stream
-            self._batches, self._buffer, self._pos = self.pf.iter_batches(batch_size=8192), [], 0
+            self._batches, self._buffer, self._pos = self._stream(), [], 0
         buffered = self._pos + sum(b.num_rows for b in self._buffer)
         while buffered < end:
             batch = next(self._batches, None)

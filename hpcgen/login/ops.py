@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcgen.errors import RunDirError, SchedulerError, ShardFailedError, UserError
+from hpcgen.login.datasets import changed_files
 from hpcgen.login.launch import (
     Submission,
     annotate_submission,
@@ -22,7 +23,7 @@ from hpcgen.login.launch import (
     submit_groups,
 )
 from hpcgen.login.merge import compact_ranges
-from hpcgen.login.plan import Plan, create_run_dir, inspect_dataset, make_plan, task_groups
+from hpcgen.login.plan import Plan, create_run_dir, make_plan, task_groups
 from hpcgen.login.state import PENDING, RUNNING, RunState, collect, latest_jobs, sacct_states
 from hpcgen.rundir import atomic
 from hpcgen.rundir.fingerprint import changed_inputs
@@ -78,6 +79,30 @@ def submit(job_file: Path, overrides: list[str], *, run_dir: Path | None = None,
     return SubmitResult(plan, layout, sub, notes=notes)
 
 
+def submit_sweep(job_file: Path, sweeps: list[str], overrides: list[str], *, multirun: bool = False,
+                 run_dir: Path | None = None, executor: str = "slurm", dry_run: bool = False) -> Any:
+    """A sweep (``--sweep KEY=A,B`` / ``-m``): every run planned first, then each created and queued."""
+    from hpcgen.login.sweep import submit_sweep as plan_and_submit
+
+    if executor == "slurm" and not dry_run:
+        require_slurm()
+
+    def submit_one(layout: RunLayout, plan: Plan) -> Submission:
+        sub = submit_groups(layout, plan.spec, plan.tasks, executor=executor, kind="submit",
+                            extra={"rows_done_at_submit": 0})
+        attach_chain(layout, plan.spec, sub)
+        return sub
+
+    res = plan_and_submit(job_file, sweeps, overrides, multirun=multirun, root=run_dir or default_run_dir(job_file),
+                          executor=executor, dry_run=dry_run, submit_one=submit_one)
+    if res.dry_run is not None and res.plans:
+        first = res.plans[0]
+        text = (local_plan_text(first.spec, first.tasks) if executor == "local"
+                else dry_run_text(RunLayout(res.root / res.runs[0].name), first.spec, len(first.tasks)))
+        res.dry_run += f"\n# the first run's script ({res.runs[0].name}); the others differ only in their folder\n" + text
+    return res
+
+
 def attach_chain(layout: RunLayout, spec: Any, sub: Submission, previous: str | None = None,
                  still_running: list[str] | None = None) -> None:
     """``score.after_merge``: queue merge+score after this submission's arrays and after every earlier job
@@ -99,15 +124,11 @@ def open_jobs(state: RunState) -> list[str]:
 
 
 def check_unchanged(manifest: dict[str, Any]) -> None:
-    """Resume refuses when the dataset or the model changed since the plan, and says what changed."""
-    ds = manifest["dataset"]
-    try:
-        now = inspect_dataset(Path(ds["path"]), manifest["job"]["data"]["prompt_key"])
-    except UserError as exc:
-        raise RunDirError(f"cannot resume: {exc}") from None
-    if now.fingerprint != ds["fingerprint"] or now.rows != ds["rows"]:
-        raise RunDirError(f"cannot resume: dataset {ds['path']} changed since the plan "
-                          f"(rows {ds['rows']} -> {now.rows}, fingerprint differs)")
+    """Resume refuses when a dataset file or the model changed since the plan, and says what changed."""
+    for entry in manifest["datasets"]:
+        problem = changed_files(entry)
+        if problem:
+            raise RunDirError(f"cannot resume: {problem}")
     problem = changed_inputs(manifest)
     if problem:
         raise RunDirError(f"cannot resume: {problem}; its answers would mix with the earlier ones: start a new run")

@@ -1,14 +1,14 @@
-"""The plan: dataset fingerprint, shard table and task groups, frozen into the run's manifest.
+"""The plan: dataset fingerprints, blocks of (dataset, seed), the shard table and task groups, frozen into the
+run's manifest.
 
 Parquet datasets are planned from their metadata alone (row counts, schema, footer); JSON-lines datasets
-need one streaming pass (line offsets, UTF-8 and JSON checks). Rows are never held in memory here.
+need one streaming pass (line offsets, UTF-8 and JSON checks). Rows are never held in memory here. The row
+space (``hpcgen.rundir.blocks``): one block per (dataset, seed), each cut into shards the same way.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -20,53 +20,42 @@ from typing import Any
 
 from hpcgen import __version__
 from hpcgen.errors import DatasetError, ModelError, RunDirError
+from hpcgen.login.datasets import (
+    DatasetInfo,
+    DatasetPlan,
+    file_format,
+    inspect_jsonl,
+    inspect_parquet,
+    plan_dataset,
+)
 from hpcgen.login.merge_input import KindCheck, check_names, output_format
 from hpcgen.login.staging import is_hub_id, stage_models
 from hpcgen.rundir import atomic
 from hpcgen.rundir.chunks import auto_chunk_rows, shard_chunks
-from hpcgen.rundir.fingerprint import dataset_sample, model_fingerprint
+from hpcgen.rundir.fingerprint import model_fingerprint
 from hpcgen.rundir.layout import FORMAT, RunLayout, check_writable
 from hpcgen.spec.loader import expand_path
 from hpcgen.spec.schema import JobSpec
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
-
-@dataclass
-class DatasetInfo:
-    path: str
-    format: str  # "parquet" | "jsonl"
-    rows: int
-    size: int
-    fingerprint: str
-    columns: list[str]
-    line_offsets: list[int] = field(default_factory=list)  # jsonl: byte offset of each row
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d.pop("line_offsets")
-        return d
-
-
-def dataset_format(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(".parquet") or name.endswith(".pq"):
-        return "parquet"
-    if name.endswith(".jsonl") or name.endswith(".json") or name.endswith(".ndjson"):
-        return "jsonl"
-    raise DatasetError(f"data.path {path}: unsupported format (use .parquet or .jsonl)")
+__all__ = ["DatasetInfo", "inspect_dataset"]
 
 
 def inspect_dataset(path: Path, prompt_key: str, *, parquet_output: bool = False) -> DatasetInfo:
-    """Row count, columns and a content fingerprint; checks that ``prompt_key`` is a column (and, for JSON lines
-    merged into parquet, that every key has one type)."""
+    """One file: row count, columns and a content fingerprint; checks that ``prompt_key`` is a column (and, for
+    JSON lines merged into parquet, that every key has one type)."""
     if not path.exists():
         raise DatasetError(f"data.path {path} does not exist")
     if not path.is_file():
         raise DatasetError(f"data.path {path} is not a file")
-    fmt = dataset_format(path)
-    kinds = KindCheck(str(path)) if parquet_output else None
-    info = _inspect_parquet(path) if fmt == "parquet" else _inspect_jsonl(path, prompt_key, kinds)
+    fmt = file_format(path)
+    if fmt == "parquet":
+        info = inspect_parquet(path)
+    elif fmt == "jsonl":
+        info = inspect_jsonl(path, prompt_key, KindCheck(str(path)) if parquet_output else None)
+    else:
+        raise DatasetError(f"data.path {path}: unsupported format (use .parquet or .jsonl)")
     if info.rows == 0:
         raise DatasetError(f"data.path {path} has no rows")
     if prompt_key not in info.columns:
@@ -74,55 +63,6 @@ def inspect_dataset(path: Path, prompt_key: str, *, parquet_output: bool = False
             f"data.prompt_key '{prompt_key}' is not a column of {path} (columns: {', '.join(info.columns)})"
         )
     return info
-
-
-def _inspect_parquet(path: Path) -> DatasetInfo:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for a non-parquet file
-        raise DatasetError(f"data.path {path} is not a readable parquet file: {exc}") from None
-    size = path.stat().st_size
-    with open(path, "rb") as fh:  # the footer (schema, row groups, statistics) identifies the content
-        fh.seek(max(0, size - 8))
-        tail = fh.read(8)
-        footer_len = int.from_bytes(tail[:4], "little") if len(tail) == 8 else 0
-        fh.seek(max(0, size - 8 - footer_len))
-        footer = fh.read()
-    digest = hashlib.sha256(size.to_bytes(8, "little") + footer).hexdigest()
-    return DatasetInfo(str(path), "parquet", pf.metadata.num_rows, size, digest, list(pf.schema_arrow.names))
-
-
-def _inspect_jsonl(path: Path, prompt_key: str, kinds: KindCheck | None = None) -> DatasetInfo:
-    """One streaming pass: line offsets, UTF-8 and JSON checks, the union of every row's keys (in order of
-    first appearance) and, for a parquet output, one type per key."""
-    h = hashlib.sha256()
-    offsets: list[int] = []
-    columns: dict[str, None] = {}
-    pos = 0
-    with open(path, "rb") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            h.update(line)
-            if line.strip():
-                try:
-                    obj = json.loads(line.decode("utf-8"))
-                except UnicodeDecodeError:
-                    raise DatasetError(f"data.path {path} line {lineno}: invalid UTF-8") from None
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"data.path {path} line {lineno}: not JSON ({exc.msg})") from None
-                if not isinstance(obj, dict):
-                    raise DatasetError(f"data.path {path} line {lineno}: a row must be a JSON object")
-                if columns and prompt_key not in obj and prompt_key in columns:
-                    raise DatasetError(f"data.path {path} line {lineno}: no '{prompt_key}' key")
-                for key in obj:
-                    if key not in columns:
-                        columns[key] = None
-                if kinds is not None:
-                    kinds.add(obj, lineno)
-                offsets.append(pos)
-            pos += len(line)
-    return DatasetInfo(str(path), "jsonl", len(offsets), pos, h.hexdigest(), list(columns), offsets)
 
 
 def check_model(model_path: str, tokenizer_path: str | None = None) -> str:
@@ -152,45 +92,108 @@ def shard_ranges(rows: int, num_shards: int | None, rows_per_shard: int | None) 
     return [(i * rows // num_shards, (i + 1) * rows // num_shards) for i in range(num_shards)]
 
 
-def task_groups(num_shards: int, shards_per_task: int) -> list[list[int]]:
+def task_groups(num_shards: int, shards_per_task: int, num_tasks: int | None = None) -> list[list[int]]:
+    """Shards per task: ``shards_per_task`` consecutive shards each, or ``num_tasks`` groups of about equal size."""
+    if num_tasks is not None:
+        tasks = min(num_tasks, num_shards)
+        return [list(range(i * num_shards // tasks, (i + 1) * num_shards // tasks)) for i in range(tasks)]
     return [list(range(i, min(num_shards, i + shards_per_task))) for i in range(0, num_shards, shards_per_task)]
+
+
+def plan_blocks(datasets: list[DatasetPlan], seeds: list[int], num_shards: int | None,
+                rows_per_shard: int | None) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
+    """Blocks of (dataset, seed) and their shards (run row ids). ``num_shards`` is spread over the blocks in
+    proportion to their rows (at least one each); every seed block of a dataset is cut the same way."""
+    total = sum(d.rows for d in datasets) * len(seeds)
+    blocks: list[dict[str, Any]] = []
+    shards: list[tuple[int, int]] = []
+    start = 0
+    for i, d in enumerate(datasets):
+        if num_shards is not None:
+            k = max(1, min(d.rows, int(num_shards * d.rows / total + 0.5)))
+            local = shard_ranges(d.rows, k, None)
+        else:
+            local = shard_ranges(d.rows, None, rows_per_shard)
+        for seed in seeds:
+            blocks.append({"dataset": i, "seed": seed, "start": start, "rows": d.rows, "first_shard": len(shards),
+                           "shards": len(local)})
+            shards += [(start + a, start + b) for a, b in local]
+            start += d.rows
+    return blocks, shards
 
 
 @dataclass
 class Plan:
     spec: JobSpec
-    dataset: DatasetInfo
+    datasets: list[DatasetPlan]
     model_path: str
-    output_path: str
     shards: list[tuple[int, int]]
     tasks: list[list[int]]
     manifest: dict[str, Any]
     notes: list[str] = field(default_factory=list)  # for stderr (model staging)
 
+    @property
+    def rows(self) -> int:
+        return self.shards[-1][1] if self.shards else 0
+
+
+def _absolute(path: str | list[str]) -> str | list[str]:
+    """A path (or glob, or list of them) made absolute against the submit directory, as the plan read it."""
+    if isinstance(path, list):
+        return [str(expand_path(p)) for p in path]
+    return str(expand_path(path))
+
+
+def absolute_data_paths(spec: JobSpec) -> JobSpec:
+    """A copy of the job with every dataset and output path absolute (against the submit directory)."""
+    resolved = spec.model_copy(deep=True)
+    if spec.data.path is not None:
+        resolved.data.path = _absolute(spec.data.path)
+    if spec.data.output_path:
+        resolved.data.output_path = str(expand_path(spec.data.output_path))
+    for d in resolved.datasets.values():
+        d.path = _absolute(d.path)
+        if d.output_path:
+            d.output_path = str(expand_path(d.output_path))
+    return resolved
+
+
+def _resolved_spec(spec: JobSpec, model_path: str, datasets: list[DatasetPlan]) -> JobSpec:
+    """The job as the manifest freezes it: absolute paths everywhere."""
+    resolved = absolute_data_paths(spec)
+    resolved.model.path = model_path
+    return resolved
+
 
 def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str], download: bool = True) -> Plan:
     """Validate everything the login node can check and build the manifest (nothing written yet).
     A hub-id model is staged first (``download=False``, as in a dry run: only found in the cache)."""
-    data_path = expand_path(spec.data.path)
-    output = str(expand_path(spec.data.output_path)) if spec.data.output_path else ""
-    out_fmt = output_format(Path(output)) if output else "parquet"
-    dataset = inspect_dataset(data_path, spec.data.prompt_key, parquet_output=out_fmt == "parquet")
-    check_names(dataset.columns, spec.merge.model_dump(), spec.merge.metadata, f"data.path {data_path}")
+    seeds = spec.run_seeds
+    datasets = []
+    for entry in spec.dataset_entries():
+        output = str(expand_path(entry.output_path)) if entry.output_path else None
+        dp = plan_dataset(entry, parquet_output=output_format(Path(output)) == "parquet" if output else True,
+                          response_length=spec.rollout.response_length, seeds=seeds)
+        if dp.kind != "openai_batch":
+            check_names(dp.columns, spec.merge.model_dump(), spec.merge.metadata, f"{entry.key}.path {dp.given}",
+                        sources=len(dp.files) > 1, seeds=len(seeds) > 1)
+        if output:
+            check_writable(Path(output), f"{entry.key}.output_path")
+        datasets.append(dp)
     staged = stage_models(spec, download=download)
     model_path = check_model(staged.model_path, staged.tokenizer_path)
-    shards = shard_ranges(dataset.rows, spec.sharding.num_shards, spec.sharding.rows_per_shard)
-    tasks = task_groups(len(shards), spec.sharding.shards_per_task)
-    if output:
-        check_writable(Path(output), "data.output_path")
-    resolved = spec.model_copy(deep=True)
-    resolved.data.path = str(data_path)
-    resolved.model.path = model_path
+    blocks, shards = plan_blocks(datasets, seeds, spec.sharding.num_shards, spec.sharding.rows_per_shard)
+    tasks = task_groups(len(shards), spec.sharding.shards_per_task, spec.sharding.num_tasks)
+    resolved = _resolved_spec(spec, model_path, datasets)
     resolved.model.tokenizer_path = staged.tokenizer_path
     resolved.env = {**resolved.env, **staged.task_env}
-    resolved.data.output_path = output or None
     chunk_rows = spec.sharding.rows_per_chunk or auto_chunk_rows(shards, spec.feed_window)
-    offsets = [[dataset.line_offsets[lo] for lo, _ in shard_chunks(s, chunk_rows)] for s in shards] if (
-        dataset.format == "jsonl") else []
+    offsets: list[list[list[int]]] = []
+    for b in blocks:
+        d = datasets[b["dataset"]]
+        for lo, hi in shards[b["first_shard"]:b["first_shard"] + b["shards"]]:
+            offsets.append([d.offset(c - b["start"]) for c, _ in shard_chunks((lo, hi), chunk_rows)]
+                           if d.kind in ("jsonl", "openai_batch") else [])
     manifest = {
         "format": FORMAT,
         "hpcgen_version": __version__,
@@ -200,16 +203,18 @@ def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str], down
         "overrides": overrides,
         "job": resolved.model_dump(mode="json"),
         "generation": resolved.generation_settings(),
-        "dataset": {**dataset.to_dict(), "sample": dataset_sample(str(data_path))},
+        "datasets": [d.manifest_entry() for d in datasets],
+        "seeds": seeds,
+        "blocks": blocks,
         "model_fingerprint": model_fingerprint(model_path),
         "shards": [list(s) for s in shards],
         "chunk_rows": chunk_rows,
-        "jsonl_offsets": offsets,  # per shard, per chunk: byte offset of the chunk's first line
+        "jsonl_offsets": offsets,  # per shard, per chunk: [file index, byte offset] of the chunk's first line
         "tasks": tasks,
     }
     if staged.sources:  # hub id -> pinned revision and snapshot folder
         manifest["model_source"] = staged.sources
-    return Plan(resolved, dataset, model_path, output, shards, tasks, manifest, staged.notes)
+    return Plan(resolved, datasets, model_path, shards, tasks, manifest, staged.notes)
 
 
 def create_run_dir(run_dir: Path, manifest: dict[str, Any], *, unique: bool = False) -> RunLayout:

@@ -153,11 +153,17 @@ def reasons_plot(reasons: dict[str, int]) -> str | None:
 
 
 def scores_section(scores: dict[str, Any]) -> str:
+    several = isinstance(scores.get("datasets"), dict)  # a run of several datasets: a line per dataset
+    if several:
+        scores = {"by_data_source": {n: r.get("overall") for n, r in scores["datasets"].items()}}
     overall = scores.get("overall") or {}
     entries = [(str(ds), e) for ds, e in (scores.get("by_data_source") or {}).items() if isinstance(e, dict)]
-    entries.append(("overall", overall))
-    metrics = rd.score_metrics(overall) if isinstance(overall, dict) else []
-    head = "".join(f"<th>{_e(m)}</th>" for m in ["data_source", "rows", "errors", "n", *metrics])
+    if not several:
+        entries.append(("overall", overall))
+    first = overall if not several else (entries[0][1] if entries else {})
+    metrics = rd.score_metrics(first) if isinstance(first, dict) else []
+    head = "".join(f"<th>{_e(m)}</th>" for m in ["dataset" if several else "data_source", "rows", "errors", "n",
+                                                 *metrics])
     body = []
     for ds, e in entries:
         cells = [f"<td>{_e(ds)}</td>"] + [f"<td>{_e(e.get(k, ''))}</td>" for k in ("rows", "errors", "n")]
@@ -293,8 +299,10 @@ def build_html(run_dir: Path) -> str:
 
     sec.append("<h2>Job configuration and plan</h2>")
     sizes = [e - s for s, e in manifest["shards"]]
-    plan: list[list[Any]] = [["dataset", f"{manifest['dataset'].get('path')} ({manifest['dataset'].get('rows')} rows, "
-             f"fingerprint {manifest['dataset'].get('fingerprint')})"],
+    plan: list[list[Any]] = [[f"dataset {d['name']}", f"{d.get('given')} ({d.get('rows')} rows in {len(d['files'])} "
+                               f"{d.get('kind')} file(s), n_samples {d.get('n_samples')})"]
+                              for d in manifest["datasets"]]
+    plan += [["seeds", ", ".join(map(str, manifest.get("seeds") or []))],
             ["model", f"{job['model']['path']} (fingerprint {manifest.get('model_fingerprint')})"],
             ["shards", f"{len(sizes)} ({min(sizes)}-{max(sizes)} rows)" if sizes else "0"],
             ["tasks", len(manifest.get("tasks") or [])],

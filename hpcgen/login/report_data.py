@@ -140,9 +140,9 @@ def _add(data: RowData, table: Any, first_row: int | None) -> None:
 def row_data(layout: RunLayout, manifest: dict[str, Any]) -> RowData:
     """Lengths, finish reasons and errors: the merged output if it is a parquet with hpcgen's metadata
     columns, else every part file."""
-    job = manifest["job"]
-    merged = Path(job["data"].get("output_path") or layout.default_output)
-    if merged.suffix == ".parquet" and merged.is_file():
+    merged = Path(manifest["datasets"][0].get("output_path") or layout.default_output)
+    single = len(manifest["blocks"]) == 1  # a merged output's row positions are then run row ids
+    if single and merged.suffix == ".parquet" and merged.is_file():
         try:
             table = _read_meta(merged)
         except Exception:  # unreadable or foreign: fall back to the parts
@@ -200,42 +200,17 @@ def error_kinds(errors: list[tuple[int | None, str]]) -> list[tuple[str, int, li
 
 
 def prompt_snippets(manifest: dict[str, Any], row_ids: list[int], limit: int = 300) -> dict[int, str]:
-    """The prompts of a few rows, read from the dataset (parquet: only the row groups holding them)."""
+    """The prompts of a few rows (run row ids), read from the dataset (parquet: only the row groups holding them)."""
     import json
 
-    import pyarrow.parquet as pq
+    from hpcgen.rundir.sources import row_values
 
-    ds, key = manifest["dataset"], manifest["job"]["data"]["prompt_key"]
-    want = sorted({r for r in row_ids if r is not None})
-    out: dict[int, str] = {}
-    if not want:
-        return out
+    want = [r for r in row_ids if r is not None]
     try:
-        if ds["format"] == "jsonl":
-            with open(ds["path"], "rb") as fh:
-                row = 0
-                for line in fh:
-                    if not line.strip():
-                        continue
-                    if row in want:
-                        out[row] = json.dumps(json.loads(line).get(key), ensure_ascii=False)[:limit]
-                    row += 1
-                    if row > want[-1]:
-                        break
-            return out
-        pf = pq.ParquetFile(ds["path"])
-        first = 0
-        for rg in range(pf.metadata.num_row_groups):
-            n = pf.metadata.row_group(rg).num_rows
-            hit = [r for r in want if first <= r < first + n]
-            if hit:
-                col = pf.read_row_group(rg, columns=[key]).column(0)
-                for r in hit:
-                    out[r] = json.dumps(col[r - first].as_py(), ensure_ascii=False, default=str)[:limit]
-            first += n
+        values = row_values(manifest, want)
     except Exception:  # the dataset moved or changed: the report still shows the error messages
-        return out
-    return out
+        return {}
+    return {r: json.dumps(v, ensure_ascii=False, default=str)[:limit] for r, v in values.items()}
 
 
 # --- scores: tolerate plain numbers and values with standard errors / confidence intervals -----------

@@ -78,18 +78,29 @@ def model_fingerprint(model_path: str) -> str:
 
 
 def dataset_sample(path: str) -> str:
-    """The dataset file's sampled-content digest, checked by every task and by merge."""
+    """A dataset file's sampled-content digest, checked by every task and by merge."""
     return file_digest(Path(path))
 
 
-def changed_inputs(manifest: dict, *, model: bool = True) -> str | None:
-    """What changed since the plan (the dataset's or the model's content), in one line, or None."""
-    ds = manifest["dataset"]
-    try:
-        if ds.get("sample") and dataset_sample(ds["path"]) != ds["sample"]:
-            return f"dataset {ds['path']} changed since the plan (its content differs)"
-    except OSError as exc:
-        return f"dataset {ds['path']} cannot be read any more ({exc.strerror or exc})"
+def changed_dataset(entry: dict) -> str | None:
+    """Which file of a dataset (manifest entry) changed since the plan, in one line, or None."""
+    for f in entry["files"]:
+        try:
+            if f.get("sample") and dataset_sample(f["path"]) != f["sample"]:
+                return f"dataset {f['path']} changed since the plan (its content differs)"
+        except OSError as exc:
+            return f"dataset {f['path']} cannot be read any more ({exc.strerror or exc})"
+    return None
+
+
+def changed_inputs(manifest: dict, *, model: bool = True, datasets: list[int] | None = None) -> str | None:
+    """What changed since the plan (a dataset file's or the model's content), in one line, or None.
+    ``datasets``: only these (indices), e.g. the one being merged."""
+    for i, entry in enumerate(manifest["datasets"]):
+        if datasets is None or i in datasets:
+            problem = changed_dataset(entry)
+            if problem:
+                return problem
     path = manifest["job"]["model"]["path"]
     if model and os.path.isdir(path) and model_fingerprint(path) != manifest["model_fingerprint"]:
         return f"model {path} changed since the plan (its files differ)"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from hpcgen.errors import UserError
 
-FORMAT = "hpcgen-run/2"
+FORMAT = "hpcgen-run/3"
 
 _PART = re.compile(r"^c(\d{5})\.p(\d{4})\.n(\d+)\.([A-Za-z0-9_-]+)\.([0-9a-f]{64})\.parquet$")
 _LEASE = re.compile(r"^c(\d{5})\.g(\d+)\.lease$")
@@ -164,6 +164,11 @@ class RunLayout:
     @property
     def default_output(self) -> Path:
         return self.root / "merged.parquet"
+
+    @property
+    def merged_dir(self) -> Path:
+        """Default outputs of a run of several datasets: ``merged/<name>.parquet``."""
+        return self.root / "merged"
 
     def done(self, shard: int) -> Path:
         return self.done_dir / f"s{shard:06d}.json"

@@ -18,6 +18,10 @@ def load_manifest(run_dir: Path) -> dict[str, Any]:
     try:
         manifest = atomic.read_json(layout.manifest)
     except FileNotFoundError:
+        if (layout.root / "sweep.json").is_file():  # hpcgen.login.sweep's folder: status/merge/score/report take it
+            runs = sorted(p.name for p in layout.root.iterdir() if (p / "manifest.json").is_file())
+            raise RunDirError(f"{run_dir} is a sweep folder: this command takes one of its runs"
+                              f"{', e.g. ' + str(layout.root / runs[0]) if runs else ''}") from None
         raise RunDirError(f"{run_dir} is not an hpcgen run directory (no manifest.json)") from None
     except (OSError, ValueError) as exc:
         raise RunDirError(f"{layout.manifest} is unreadable: {exc}") from None

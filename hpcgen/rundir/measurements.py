@@ -20,7 +20,7 @@ def perf_file() -> Path:
 def perf_key(spec: JobSpec) -> str:
     r = spec.rollout
     return f"{spec.model.path}|tp{r.tensor_model_parallel_size}|pp{r.pipeline_model_parallel_size}|" \
-           f"n{spec.data.n_samples}|len{r.response_length}"
+           f"n{spec.dataset_entries()[0].n_samples}|len{r.response_length}"
 
 
 def record_measurement(spec: JobSpec, start_s: float, rows_per_s: float) -> None:

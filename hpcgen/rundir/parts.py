@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hpcgen.rundir import atomic
+from hpcgen.rundir.blocks import NRuns, expected_n, shard_n
 from hpcgen.rundir.chunks import chunk_bounds, num_chunks
 from hpcgen.rundir.layout import PartName, RunLayout, ShardScan
 from hpcgen.rundir.progress import COUNTERS
@@ -57,9 +59,10 @@ def write_part(layout: RunLayout, shard: int, chunk: int, seq: int, tag: str, ta
     return name
 
 
-def check_part(layout: RunLayout, part: PartName, bounds: tuple[int, int], n_samples: int) -> tuple[
+def check_part(layout: RunLayout, part: PartName, bounds: tuple[int, int], n_samples: int | NRuns) -> tuple[
         pa.Table | None, str | None]:
-    """(its rows, None) when the part verifies, else (None, what is wrong)."""
+    """(its rows, None) when the part verifies, else (None, what is wrong). ``n_samples``: the shard's
+    (:func:`hpcgen.rundir.blocks.shard_n`)."""
     path = layout.part(part)
     try:
         data = path.read_bytes()
@@ -80,8 +83,10 @@ def check_part(layout: RunLayout, part: PartName, bounds: tuple[int, int], n_sam
         return None, f"part {part.name} holds rows outside {bounds[0]}..{bounds[1] - 1} or a row twice"
     counts = pc.list_value_length(table.column("responses")).to_numpy(zero_copy_only=False)
     ok_rows = table.column("gen_error").is_null().to_numpy(zero_copy_only=False)
-    if (counts[ok_rows] != n_samples).any():
-        return None, f"part {part.name} has a row without exactly {n_samples} responses"
+    want = expected_n(n_samples, ids)
+    if (counts[ok_rows] != (want[ok_rows] if isinstance(want, np.ndarray) else want)).any():
+        shown = n_samples if isinstance(n_samples, int) else "its requested number of"
+        return None, f"part {part.name} has a row without exactly {shown} responses"
     return table, None
 
 
@@ -105,7 +110,8 @@ class Saved:
     errors: int = 0
 
 
-def usable_parts(layout: RunLayout, parts: list[PartName], bounds: tuple[int, int], n_samples: int) -> Saved:
+def usable_parts(layout: RunLayout, parts: list[PartName], bounds: tuple[int, int], n_samples: int | NRuns
+                 ) -> Saved:
     """Earlier parts of a chunk that verify; every other one is set aside. A part repeating a row that an
     earlier verified part holds (two writers of one chunk) is set aside too."""
     saved = Saved()
@@ -214,7 +220,7 @@ def verify_done(layout: RunLayout, manifest: dict[str, Any], shard: int) -> tupl
 
     Returns (table sorted by row id, None) or (None, problem).
     """
-    n_samples = manifest["job"]["data"]["n_samples"]
+    n_samples = shard_n(manifest, shard)
     try:
         marker = atomic.read_json(layout.done(shard))
         parts = _listed(marker["parts"], shard)
@@ -248,7 +254,7 @@ def chunk_verifies(layout: RunLayout, manifest: dict[str, Any], shard: int, chun
     if parts is None:
         return False
     bounds = chunk_bounds(manifest, shard, chunk)
-    n = manifest["job"]["data"]["n_samples"]
+    n = shard_n(manifest, shard)
     ids: list[int] = []
     for p in parts:
         table, _ = check_part(layout, p, bounds, n)
@@ -262,7 +268,6 @@ def invalidate_bad_done(layout: RunLayout, manifest: dict[str, Any]) -> list[int
     """Done shards that no longer verify lose their marker (set aside), and so do their chunks that do not
     verify, with their parts that do not verify: the next task on the chunk regenerates exactly those rows."""
     bad = []
-    n = manifest["job"]["data"]["n_samples"]
     for shard in sorted(layout.list_done()):
         table, problem = verify_done(layout, manifest, shard)
         if table is not None:
@@ -272,6 +277,7 @@ def invalidate_bad_done(layout: RunLayout, manifest: dict[str, Any]) -> list[int
         for chunk in sorted(scan.done):
             if not chunk_verifies(layout, manifest, shard, chunk):
                 set_aside(layout.chunk_done(shard, chunk), f"shard {shard} chunk {chunk}")
-                usable_parts(layout, scan.parts.get(chunk, []), chunk_bounds(manifest, shard, chunk), n)
+                usable_parts(layout, scan.parts.get(chunk, []), chunk_bounds(manifest, shard, chunk),
+                             shard_n(manifest, shard))
         bad.append(shard)
     return bad

@@ -11,7 +11,8 @@ is a new record), rewritten atomically after every part flush and when the task 
      "recent": [[t, rows, output_tokens], ...]}          # the last RECENT flushes, for recent rates
 
 Counters count what this attempt generated (a regenerated row counts again: it cost GPU time again).
-``shards`` says which shard's rows the task did; ``length`` counts samples that ended at
+``engine_starts`` counts the engines this attempt built (0 when it found no work left, else 1) and
+``engine_start_s`` how long the build took. ``shards`` says which shard's rows the task did; ``length`` counts samples that ended at
 ``rollout.response_length`` (finish reason "length"); ``errors`` counts rows with ``gen_error``.
 """
 
@@ -75,7 +76,7 @@ class TaskProgress:
             "format": FORMAT, "job_id": job_id, "host": socket.gethostname(), "pid": os.getpid(), "gpus": gpus,
             "started": now, "updated": now, "ended": None, "error": None, **dict.fromkeys(COUNTERS, 0),
             "shards": {}, "recent": [], "own": list(own or []), "state": "running", "beat": now, "chunks": 0,
-            "stolen_chunks": 0, "start_id": process_start(os.getpid())}
+            "stolen_chunks": 0, "start_id": process_start(os.getpid()), "engine_starts": 0, "engine_start_s": None}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         # ``hpcgen logs`` cuts a requeued job's log (SLURM appends to it) at this line
@@ -99,6 +100,12 @@ class TaskProgress:
                     self.save()
 
         threading.Thread(target=beat, daemon=True, name="hpcgen-beat").start()
+
+    def engine_started(self, seconds: float) -> None:
+        """The task built its engine (once per task: every dataset and seed of the run goes through it)."""
+        self.record["engine_starts"] += 1
+        self.record["engine_start_s"] = round(seconds, 3)
+        self.save()
 
     def chunk_done(self, stolen: bool) -> None:
         self.record["chunks"] += 1

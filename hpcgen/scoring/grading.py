@@ -40,11 +40,17 @@ class BatchResult:
     scores: list[list[float]] | None = None
     extracted: list[list[str | None]] | None = None
     disagreements: list[list[dict[str, Any]]] | None = None
+    by_seed: dict[tuple[str, int], Accumulator] = field(default_factory=dict)  # (data_source, seed): its samples
+    seed_failed: dict[str, int] = field(default_factory=dict)  # failed rows, counted for every seed
 
     def merge(self, other: BatchResult) -> None:
         """Add the sums of rows graded after these (per-sample lists are not merged)."""
         self.rows += other.rows
         self.samples += other.samples
+        for key, acc in other.by_seed.items():
+            self.by_seed.setdefault(key, Accumulator()).merge(acc)
+        for ds, k in other.seed_failed.items():
+            self.seed_failed[ds] = self.seed_failed.get(ds, 0) + k
         for mine, theirs in ((self.by_ds, other.by_ds), (self.other_by_ds, other.other_by_ds)):
             for ds, acc in theirs.items():
                 mine.setdefault(ds, Accumulator()).merge(acc)
@@ -63,13 +69,16 @@ class _Columns:
     ground_truth: list[Any]  # None where reward_model or its ground_truth is missing
     gen_error: list[Any] | None
     extra: Any  # callable: row offset -> extra_info
+    seeds: list[Any] | None = None  # sample_seed: each sample's seed (a run of several seeds)
 
     @classmethod
     def of(cls, rows: Any) -> _Columns:
         if isinstance(rows, list):  # jsonl: one dict per row
             gts = [rm.get("ground_truth") if isinstance(rm := r.get("reward_model"), dict) else None for r in rows]
+            seeds = [r.get("sample_seed") for r in rows] if any(r.get("sample_seed") is not None for r in rows) \
+                else None
             return cls([r.get("data_source") for r in rows], [r.get("responses") for r in rows], gts,
-                       [r.get("gen_error") for r in rows], lambda i: rows[i].get("extra_info"))
+                       [r.get("gen_error") for r in rows], lambda i: rows[i].get("extra_info"), seeds)
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -82,7 +91,8 @@ class _Columns:
         extra_col = rows.column("extra_info") if "extra_info" in names else None
         return cls(rows.column("data_source").to_pylist(), rows.column("responses").to_pylist(), gts,
                    rows.column("gen_error").to_pylist() if "gen_error" in names else None,
-                   lambda i: None if extra_col is None else extra_col[i].as_py())
+                   lambda i: None if extra_col is None else extra_col[i].as_py(),
+                   rows.column("sample_seed").to_pylist() if "sample_seed" in names else None)
 
 
 def _responses(responses: Any, index: int) -> list[str]:
@@ -172,7 +182,22 @@ def grade_rows(rows: Any, first_index: int, job: GradeJob) -> BatchResult:
                     for i in diff])
         elif res.disagreements is not None:
             res.disagreements.append([])
+        if cols.seeds is not None:
+            _by_seed(res, ds, failed, samples, cols.seeds[offset])
         if res.scores is not None and res.extracted is not None:
             res.scores.append([s.score for s in samples])
             res.extracted.append([s.extracted for s in samples])
     return res
+
+
+def _by_seed(res: BatchResult, ds: str, failed: bool, samples: Sequence[Sample], seeds: Any) -> None:
+    """The row's samples grouped by the seed that gave them (``sample_seed``), for per-seed means; a failed row
+    counts as failed for every seed (it has no samples to group)."""
+    if failed:
+        res.seed_failed[ds] = res.seed_failed.get(ds, 0) + 1
+        return
+    groups: dict[int, list[Sample]] = {}
+    for sample, seed in zip(samples, seeds or [], strict=False):
+        groups.setdefault(int(seed), []).append(sample)
+    for seed, group in groups.items():
+        res.by_seed.setdefault((ds, seed), Accumulator()).add(False, group)

@@ -15,18 +15,20 @@ from typing import Any
 from hpcgen.errors import ScoreError
 
 REQUIRED_COLUMNS = ("responses", "data_source", "reward_model")
-OPTIONAL_COLUMNS = ("extra_info", "gen_error")
+OPTIONAL_COLUMNS = ("extra_info", "gen_error", "sample_seed")  # sample_seed: a run of several seeds
 
 
 @dataclass(frozen=True)
 class Keys:
-    """The file's names for the canonical ``responses`` and ``gen_error`` columns."""
+    """The file's names for the canonical ``responses``, ``gen_error`` and ``sample_seed`` columns."""
 
     responses: str = "responses"
     gen_error: str = "gen_error"
+    sample_seed: str = "sample_seed"
 
     def file_name(self, canonical: str) -> str:
-        return {"responses": self.responses, "gen_error": self.gen_error}.get(canonical, canonical)
+        return {"responses": self.responses, "gen_error": self.gen_error,
+                "sample_seed": self.sample_seed}.get(canonical, canonical)
 
     def present(self, names: list[str]) -> tuple[list[str], list[str]]:
         """(the file's column names to read, their canonical names)."""

@@ -31,6 +31,16 @@ def mean_text(m: dict[str, Any] | None) -> str:
     return f"{m['mean']:.4f}"
 
 
+def seeds_text(m: dict[str, Any] | None) -> str:
+    """``0.3312 ± 0.0210 (se 0.0148, 2 seeds)``: the mean of per-seed means ± their standard deviation."""
+    sd = (m or {}).get("seeds")
+    if not sd:
+        return "-"
+    if "std" not in sd:
+        return f"{sd['mean']:.4f} ({sd['seeds']} seed)"
+    return f"{sd['mean']:.4f} ± {sd['std']:.4f} (se {sd['se']:.4f}, {sd['seeds']} seeds)"
+
+
 def _ci_text(m: dict[str, Any]) -> str:
     ci = m.get("mean_ci95")
     return f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "-"
@@ -66,11 +76,14 @@ def format_table(report: dict, *, width: int | None = None) -> str:
     table = Table(title=f"scores (grader: {report.get('grader', '?')}): {report.get('input', '')}",
                   title_justify="left")
     table.add_column("data_source", overflow="fold", no_wrap=width is None)
-    for name in ("rows", "errors", "n", "mean ± se", "95% CI", *cols):
+    seeded = "seeds" in overall
+    for name in ("rows", "errors", "n", "mean ± se", "95% CI", *(["across seeds: mean ± sd"] if seeded else []),
+                 *cols):
         table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
 
     def line(name: str, m: dict[str, Any], **style: Any) -> None:
         vals = [str(m.get("rows", "-")), str(m.get("errors", "-")), str(m.get("n", "-")), mean_text(m), _ci_text(m)]
+        vals += [seeds_text(m)] if seeded else []
         vals += [f"{m[c]:.4f}" if c in m else "-" for c in cols]
         table.add_row(name, *vals, **style)
 

@@ -15,6 +15,8 @@ scorer (:mod:`hpcgen.scoring.custom`). With ``compare``, the other built-in grad
   rules the score is ``acc`` (1/0) and ``mean_reward`` is the mean of verl's +1/-1 reward.
 * ``mean_se``, ``mean_ci95`` (2+ rows): standard error and 95% interval of ``mean`` across rows
   (:mod:`hpcgen.scoring.metrics`).
+* ``seeds`` (a run of several seeds, whose output has ``sample_seed``): mean@n of each seed's samples alone,
+  and the mean, standard deviation and standard error of those per-seed means (:mod:`hpcgen.scoring.seeds`).
 * ``pass@k`` for k in 1..n: the unbiased estimator 1 - C(n_i - c_i, k) / C(n_i, k) with each row's own
   n_i, averaged over rows; a sample is correct when its score > ``CORRECT_THRESHOLD`` (0.5).
 * ``maj@k`` for k in 1..n: majority vote over the extracted answers of each row's FIRST k samples; the
@@ -36,19 +38,26 @@ from hpcgen.scoring.graders import DEFAULT_GRADER, GRADERS, GraderSpec, check_gr
 from hpcgen.scoring.grading import BatchResult, GradeJob
 from hpcgen.scoring.metrics import Accumulator
 from hpcgen.scoring.report import format_table, write_report
+from hpcgen.scoring.seeds import seed_section
 
 __all__ = ["format_table", "score_file", "write_report"]
 
 
-def _section(label: str, by_ds: dict[str, Accumulator], rules: dict[str, Any]) -> dict[str, Any]:
+def _section(label: str, by_ds: dict[str, Accumulator], rules: dict[str, Any], totals: BatchResult | None = None
+             ) -> dict[str, Any]:
     overall = Accumulator()
     for ds in sorted(by_ds):
         overall.merge(by_ds[ds])
-    return {
-        "grader": label,
-        "overall": overall.result(),
-        "by_data_source": {ds: {"rules": rules[ds], **by_ds[ds].result()} for ds in sorted(by_ds)},
-    }
+    by_source: dict[str, dict[str, Any]] = {ds: {"rules": rules[ds], **by_ds[ds].result()} for ds in sorted(by_ds)}
+    top = overall.result()
+    out: dict[str, Any] = {"grader": label, "overall": top, "by_data_source": by_source}
+    if totals is not None and totals.by_seed:  # several seeds: the spread of the per-seed means
+        pairs: list[tuple[str | None, dict[str, Any]]] = [(None, top), *by_source.items()]
+        for source, entry in pairs:
+            section = seed_section(totals.by_seed, totals.seed_failed, source)
+            if section is not None:
+                entry["seeds"] = section
+    return out
 
 
 def _precheck(path: Path, fmt: str, spec: GraderSpec) -> None:
@@ -75,6 +84,7 @@ def score_file(
     progress: bool | None = None,
     response_key: str = "responses",
     gen_error_key: str = "gen_error",
+    seed_key: str = "sample_seed",
 ) -> dict:
     """Score every response in ``path`` and return the report (see the module docstring).
 
@@ -96,7 +106,7 @@ def score_file(
         spec = GraderSpec(check_grader_name(grader))
     other = GraderSpec(next(g for g in GRADERS if g != spec.name)) if compare else None
     make_grader(spec)  # a custom scorer that does not load fails here, before any reading
-    keys = inputs.Keys(response_key, gen_error_key)
+    keys = inputs.Keys(response_key, gen_error_key, seed_key)
     info = inputs.inspect(path, keys)
     _precheck(path, fmt, spec)
     job = GradeJob(spec, other, want_samples=per_sample_output is not None)
@@ -139,7 +149,7 @@ def score_file(
 
     if totals.rows == 0:
         raise ScoreError(f"{path} has no rows")
-    report: dict[str, Any] = _section(spec.label, totals.by_ds, totals.rules)
+    report: dict[str, Any] = _section(spec.label, totals.by_ds, totals.rules, totals)
     if other is not None:
         graded = {ds: acc for ds, acc in totals.other_by_ds.items() if totals.other_rules.get(ds)}
         cmp = _section(other.label, graded, totals.other_rules)

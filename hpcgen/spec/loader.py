@@ -47,6 +47,21 @@ def templates_dirs(job_file: Path | None) -> list[Path]:
     return dirs
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` keeps the last of two equal keys without a word; a job file saying one thing twice
+    (two datasets of one name, say) is a mistake worth one line."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -55,12 +70,13 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{what} {path} cannot be read: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{what} {path}{where}: YAML syntax error: {problem}") from None
+        kind = "" if "appears twice" in str(problem) else "YAML syntax error: "
+        raise ConfigError(f"{what} {path}{where}: {kind}{problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -131,8 +147,22 @@ def check_keys(data: dict[str, Any], model: type[BaseModel] = JobSpec, prefix: s
             hint = f"; did you mean '{guess[0]}'?" if guess else ""
             raise ConfigError(f"{where}unknown key '{prefix}{key}'{hint}")
         sub = _section(field.annotation)
-        if sub is not None and isinstance(value, dict):
+        if model is JobSpec and key == "datasets":
+            for name, entry in (value.items() if isinstance(value, dict) else []):  # datasets.NAME.KEY
+                if isinstance(entry, dict):
+                    _check_dataset_keys(entry, f"datasets.{name}.", where)
+        elif sub is not None and isinstance(value, dict):
             check_keys(value, sub, f"{prefix}{key}.", where)
+
+
+def _check_dataset_keys(entry: dict[str, Any], prefix: str, where: str) -> None:
+    from hpcgen.spec.datasets import DatasetConfig
+
+    for key in entry:
+        if key not in DatasetConfig.model_fields:
+            guess = difflib.get_close_matches(str(key), list(DatasetConfig.model_fields), n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{guess[0]}'?" if guess else ""
+            raise ConfigError(f"{where}unknown key '{prefix}{key}'{hint}")
 
 
 def validation_message(exc: ValidationError) -> str:

@@ -12,6 +12,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hpcgen.spec.datasets import (
+    DatasetConfig,
+    DatasetEntry,
+    Format,
+    check_entries,
+    check_names,
+    check_seeds,
+    datasets_from_list,
+    resolve,
+)
+
 # One line, no control characters: anything that ends up in the sbatch script or a shell.
 _SAFE_LINE = re.compile(r"^[^\x00-\x1f\x7f]*$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.:@+,=/%-]*$")
@@ -33,7 +44,8 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    path: str
+    path: str | list[str] | None = None  # a file, a list of files, a directory or a glob (read as one dataset)
+    format: Format = "auto"  # parquet | jsonl | arrow (datasets.save_to_disk) | openai_batch; auto: from the files
     prompt_key: str = "prompt"
     n_samples: int = Field(5, ge=1)
     output_path: str | None = None
@@ -89,6 +101,7 @@ class ShardingConfig(_Section):
     num_shards: int | None = Field(None, ge=1)
     rows_per_shard: int | None = Field(None, ge=1)
     shards_per_task: int = Field(1, ge=1)
+    num_tasks: int | None = Field(None, ge=1)  # group the shards into this many tasks (instead of shards_per_task)
     rows_per_chunk: int | None = Field(None, ge=1)  # default: from the shard size (hpcgen.rundir.chunks)
     steal: bool = True  # a task that finished its own shards takes over others' remaining chunks
     lease_timeout_s: float = Field(120.0, ge=30)  # a claim's holder silent this long (heartbeats: 10 s) is gone
@@ -97,6 +110,8 @@ class ShardingConfig(_Section):
     def _one_of(self) -> ShardingConfig:
         if self.num_shards is not None and self.rows_per_shard is not None:
             raise ValueError("set sharding.num_shards or sharding.rows_per_shard, not both")
+        if self.num_tasks is not None and self.shards_per_task != 1:
+            raise ValueError("set sharding.num_tasks or sharding.shards_per_task, not both")
         return self
 
 
@@ -252,7 +267,7 @@ class ScoreConfig(_Section):
 
 
 class JobSpec(_Section):
-    data: DataConfig
+    data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
@@ -263,6 +278,21 @@ class JobSpec(_Section):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     env: dict[str, str] = Field(default_factory=dict)
     seed: int = Field(0, ge=0, lt=2**31)
+    seeds: list[int] | None = None  # several seeds in one run (default: [seed]); see hpcgen.spec.datasets
+    datasets: dict[str, DatasetConfig] = Field(default_factory=dict)  # several datasets in one run
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _datasets(cls, v: Any) -> Any:
+        v = datasets_from_list(v)
+        if isinstance(v, dict):
+            check_names([str(k) for k in v])
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int] | None) -> list[int] | None:
+        return check_seeds(v)
 
     @field_validator("env", mode="before")  # numbers (env.OMP_NUM_THREADS=4, YAML's 4) become strings
     @classmethod
@@ -272,9 +302,9 @@ class JobSpec(_Section):
     @model_validator(mode="after")
     def _cross(self) -> JobSpec:
         r, t = self.rollout, self.trainer
-        if not r.do_sample or r.temperature == 0:
-            if self.data.n_samples > 1:
-                raise ValueError("greedy decoding (temperature 0 / do_sample false) needs data.n_samples=1")
+        if self.data.path is None and not self.datasets:
+            raise ValueError("missing required key 'data.path' (or a 'datasets' section)")
+        check_entries(self.dataset_entries(), self.data.output_path, not r.do_sample or r.temperature == 0)
         world = r.tensor_model_parallel_size * r.pipeline_model_parallel_size
         if world > t.nnodes * t.n_gpus_per_node:
             raise ValueError(
@@ -309,10 +339,20 @@ class JobSpec(_Section):
             return {**self.env, BATCH_INVARIANT_ENV: "1"}
         return dict(self.env)
 
+    def dataset_entries(self) -> list[DatasetEntry]:
+        """The run's datasets, every key resolved (``datasets`` entries fall back to ``data.*``)."""
+        return resolve(self.data, self.datasets)
+
+    @property
+    def run_seeds(self) -> list[int]:
+        return list(self.seeds) if self.seeds is not None else [self.seed]
+
     @property
     def feed_window(self) -> int:
-        """Rows a task keeps in flight: what the engine runs at once (max_num_seqs sequences, n per row), twice."""
-        return max(8, -(-2 * self.rollout.max_num_seqs // self.data.n_samples))
+        """Rows a task keeps in flight: what the engine runs at once (max_num_seqs sequences, n per row), twice
+        (with several datasets, the smallest n: rows of larger n only queue a little longer in the engine)."""
+        n = min(e.n_samples for e in self.dataset_entries())
+        return max(8, -(-2 * self.rollout.max_num_seqs // n))
 
     @property
     def temperature(self) -> float:
@@ -323,9 +363,10 @@ class JobSpec(_Section):
         r = self.rollout
         settings = {
             "model": self.model.path,
-            "prompt_key": self.data.prompt_key,
-            "n_samples": self.data.n_samples,
-            "apply_chat_template_kwargs": self.data.apply_chat_template_kwargs,
+            "datasets": {e.name: {"prompt_key": e.prompt_key, "n_samples": e.n_samples, "format": e.format,
+                                  "apply_chat_template_kwargs": e.apply_chat_template_kwargs}
+                         for e in self.dataset_entries()},
+            "seeds": self.run_seeds,
             "temperature": self.temperature,
             "top_k": r.top_k,
             "top_p": r.top_p,
@@ -333,7 +374,6 @@ class JobSpec(_Section):
             "response_length": r.response_length,
             "prompt_overflow": r.prompt_overflow,
             "dtype": r.dtype,
-            "seed": self.seed,
         }
         if r.batch_invariant:  # only when on: manifests written before the key existed still match
             settings["batch_invariant"] = True

@@ -99,7 +99,7 @@ def engine_kwargs(spec: JobSpec, model_path: str) -> dict[str, Any]:
         "max_num_batched_tokens": r.max_num_batched_tokens,
         "enable_chunked_prefill": r.enable_chunked_prefill,
         "enable_prefix_caching": r.enable_prefix_caching,
-        "seed": spec.seed,
+        "seed": spec.run_seeds[0],  # every request carries its own seed; this one only seeds the engine
     }
     if spec.multi_node or r.distributed_backend == "ray":
         kwargs["distributed_executor_backend"] = r.distributed_backend
@@ -139,7 +139,7 @@ class Engine:
         log.info("building vLLM engine: %s", kwargs)
         return LLM(**kwargs)
 
-    def encode(self, prompt: Any) -> tuple[list[int], bool]:
+    def encode(self, prompt: Any, chat: dict[str, Any] | None = None) -> tuple[list[int], bool]:
         """Chat template (generation prompt added) -> token ids; returns (ids, truncated).
 
         Raises PromptError for a malformed prompt or one over ``rollout.prompt_length`` under the
@@ -148,7 +148,8 @@ class Engine:
         messages = normalize_messages(prompt)
         try:
             text = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False, **self._template_kwargs
+                messages, add_generation_prompt=True, tokenize=False,
+                **(self._template_kwargs if chat is None else chat)
             )
             ids = list(self.tokenizer.encode(text, add_special_tokens=False))
         except Exception as exc:  # template errors are per-row problems
@@ -160,25 +161,39 @@ class Engine:
             raise PromptError(f"prompt has {len(ids)} tokens, over rollout.prompt_length={limit}")
         return ids[-limit:], True
 
-    def sampling_params(self, row_id: int) -> Any:
+    def sampling_params(self, row_id: int, sampling: dict[str, Any] | None = None) -> Any:
+        """The request's SamplingParams: the job's rollout values, the row's ``n`` and seed, and whatever else
+        ``sampling`` sets (an OpenAI batch request's body). Without ``sampling``: the first dataset's ``n`` and
+        the first seed (a single-dataset run)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        r, n = self.spec.rollout, self.spec.data.n_samples
-        return SamplingParams(
-            n=n,
-            temperature=self.spec.temperature,
-            top_p=r.top_p if self.spec.temperature > 0 else 1.0,
-            top_k=max(0, r.top_k) if self.spec.temperature > 0 else 0,
-            max_tokens=r.response_length,
-            seed=row_seed(self.spec.seed, row_id, n),
-            output_kind=RequestOutputKind.FINAL_ONLY,
-        )
+        r = self.spec.rollout
+        extra = dict(sampling or {})
+        n = extra.pop("n", None) or self.spec.dataset_entries()[0].n_samples
+        seed = extra.pop("seed", None)
+        if seed is None:
+            seed = row_seed(self.spec.run_seeds[0], row_id, n)
+        temperature = extra.pop("temperature", self.spec.temperature)
+        if "top_k" in extra:
+            extra["top_k"] = max(0, extra["top_k"])  # OpenAI/vLLM -1 = off; SamplingParams says 0
+        kwargs: dict[str, Any] = {
+            "n": n,
+            "temperature": temperature,
+            "top_p": r.top_p if temperature > 0 else 1.0,
+            "top_k": max(0, r.top_k) if temperature > 0 else 0,
+            "max_tokens": r.response_length,
+            "seed": seed,
+            "output_kind": RequestOutputKind.FINAL_ONLY,
+        }
+        kwargs.update(extra)
+        return SamplingParams(**kwargs)
 
-    def add(self, row_id: int, token_ids: list[int]) -> None:
+    def add(self, row_id: int, token_ids: list[int], sampling: dict[str, Any] | None = None) -> None:
         """Queue one row; a request vLLM rejects (validation) becomes that row's PromptError."""
         try:
-            self.core.add_request(str(row_id), {"prompt_token_ids": token_ids}, self.sampling_params(row_id))
+            params = self.sampling_params(row_id, sampling)
+            self.core.add_request(str(row_id), {"prompt_token_ids": token_ids}, params)
         except self._rejected as exc:
             raise PromptError(f"vLLM rejected the request: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
 

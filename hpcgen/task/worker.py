@@ -28,6 +28,7 @@ import submitit
 from hpcgen import __version__
 from hpcgen.errors import RunDirError
 from hpcgen.rundir import atomic
+from hpcgen.rundir.blocks import shard_n
 from hpcgen.rundir.fingerprint import changed_inputs
 from hpcgen.rundir.layout import RunLayout, part_tag
 from hpcgen.rundir.leases import BEAT_S, mark_dead
@@ -37,7 +38,7 @@ from hpcgen.rundir.progress import TaskProgress, task_gpus
 from hpcgen.spec.schema import JobSpec
 from hpcgen.task.identity import job_id, restart_count
 from hpcgen.task.pacing import Pacing
-from hpcgen.task.prompts import PromptReader
+from hpcgen.task.prompts import PromptReader, Row
 from hpcgen.task.saver import ChunkSaver
 from hpcgen.task.work import Claim, WorkQueue
 
@@ -53,7 +54,7 @@ def error_row(row_id: int, message: str) -> dict[str, Any]:
 # --- the loop --------------------------------------------------------------------------------------
 
 
-def generate_rows(engine: Any, prompts: Iterator[tuple[int, Any]], writer: Any, window: int) -> None:
+def generate_rows(engine: Any, prompts: Iterator[Row], writer: Any, window: int) -> None:
     """Feed the engine continuously (up to ``window`` rows in flight), collect finished rows, save often."""
     from hpcgen.task.engine import PromptError
 
@@ -67,10 +68,10 @@ def generate_rows(engine: Any, prompts: Iterator[tuple[int, Any]], writer: Any, 
             if item is None:
                 exhausted = True
                 break
-            row_id, value = item
+            row_id = item.row_id
             try:
-                ids, truncated = engine.encode(value)
-                engine.add(row_id, ids)
+                ids, truncated = engine.encode(item.value, item.chat)
+                engine.add(row_id, ids, item.sampling)
                 inflight[row_id] = truncated
             except PromptError as exc:
                 writer.add(error_row(row_id, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
@@ -170,17 +171,17 @@ def inputs_problem(manifest: dict[str, Any], spec: JobSpec) -> str | None:
 
 
 def _feed(queue: WorkQueue, claim: Claim | None, saver: ChunkSaver, reader: PromptReader, layout: RunLayout,
-          n_samples: int) -> Iterator[tuple[int, Any]]:
-    """Rows of one claimed chunk after another, claiming the next only when the engine has room for it; rows
-    an earlier holder saved (and that verify) are skipped."""
+          manifest: dict[str, Any]) -> Iterator[Row]:
+    """Rows of one claimed chunk after another (of any dataset and seed), claiming the next only when the engine
+    has room for it; rows an earlier holder saved (and that verify) are skipped."""
     while claim is not None:
         listed = layout.scan(claim.shard).parts.get(claim.chunk, [])
-        saved = usable_parts(layout, listed, (claim.start, claim.end), n_samples)
+        saved = usable_parts(layout, listed, (claim.start, claim.end), shard_n(manifest, claim.shard))
         saver.open_chunk(claim, saved, max((p.seq for p in listed), default=-1) + 1)
-        for row_id, value in reader.rows(claim.shard, claim.chunk, claim.start, claim.end):
-            if row_id not in saved.ids:
-                saver.expect(row_id, claim)
-                yield row_id, value
+        for row in reader.rows(claim.shard, claim.chunk, claim.start, claim.end):
+            if row.row_id not in saved.ids:
+                saver.expect(row.row_id, claim)
+                yield row
         claim = queue.next()
 
 
@@ -244,11 +245,11 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
             t0 = time.monotonic()
             engine = (engine_factory or Engine)(spec, spec.model.path)
             perf["engine_start_s"] = time.monotonic() - t0
+            progress.engine_started(perf["engine_start_s"])
             t0 = time.monotonic()
             reader = PromptReader(manifest)
             while claim is not None:  # the engine stays loaded while chunks held by silent holders come free
-                generate_rows(engine, _feed(queue, claim, saver, reader, layout, spec.data.n_samples), saver,
-                              spec.feed_window)
+                generate_rows(engine, _feed(queue, claim, saver, reader, layout, manifest), saver, spec.feed_window)
                 claim = queue.after_suspects()
             perf["gen_s"] = time.monotonic() - t0
             perf["rows"] = progress.record["rows"]
