@@ -272,8 +272,12 @@ def cmd_merge(a: argparse.Namespace) -> int:
     from hpcgen.rundir.manifest import load_manifest
 
     if _sweep(a.run_dir):
+        from hpcgen.errors import ConfigError
         from hpcgen.login.sweep import merge_sweep
 
+        if a.output or a.dataset:
+            raise ConfigError(f"merge {a.run_dir}: --output and --dataset name one run's output; a sweep merges "
+                              "each run to its own outputs (merge one run: hpcgen merge SWEEP/<run> ...)")
         for res in merge_sweep(Path(a.run_dir), allow_partial=a.allow_partial,
                                metadata=False if a.no_metadata else None):
             print(res.output)

@@ -29,7 +29,7 @@ def requests() -> list[dict]:
                                                                    {"type": "text", "text": "part two"}]}], n=3),
             batch_request("req-d", MSG, seed=1234, top_p=0.5, top_k=20, stop=["\n"]),
             batch_request("req-e", MSG, max_completion_tokens=6, max_tokens=2, min_tokens=1),
-            batch_request("req-f", MSG, n=2, temperature=0, stream=False, logprobs=False),
+            batch_request("req-f", MSG, n=2, temperature=0.25, stream=False, logprobs=False),
             batch_request("req-g", [{"role": "user", "content": [{"type": "image_url",
                                                                    "image_url": {"url": "http://x/y.png"}}]}])]
 
@@ -66,7 +66,7 @@ def test_batch_file_round_trips_with_its_sampling_values(tmp_path, fake_model):
     assert texts["req-d"][0].startswith("seed 1234 ") and "'top_k': 20" in texts["req-d"][0]
     assert "'stop': ['\\n']" in texts["req-d"][0] and "'top_p': 0.5" in texts["req-d"][0]
     assert "'max_tokens': 6" in texts["req-e"][0] and "'min_tokens': 1" in texts["req-e"][0]
-    assert "'temperature': 0" in texts["req-f"][0]
+    assert "'temperature': 0.25" in texts["req-f"][0]
     assert texts["req-a"][0].startswith("seed ") and "{" not in texts["req-a"][0]  # the job's values
     assert by_id["req-g"]["response"] == {"status_code": 400, "request_id": by_id["req-g"]["response"]["request_id"],
                                           "body": None}

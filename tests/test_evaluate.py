@@ -207,7 +207,10 @@ def test_score_of_a_run_of_several_datasets_is_one_table(tmp_path, data, fake_mo
 BAD = ["glob matching nothing", "schemas differ", "prompt column missing in one file", "duplicate dataset name",
        "duplicate dataset name (list)", "repeated seeds", "batch line without custom_id", "duplicate custom_id",
        "batch field that would be ignored", "max_tokens over response_length", "two formats in one dataset",
-       "a DatasetDict folder", "batch seed with several seeds", "column types differ", "unknown key in a dataset"]
+       "a DatasetDict folder", "batch seed with several seeds", "column types differ", "unknown key in a dataset",
+       "batch temperature over 2", "batch n at temperature 0", "batch min_tokens over max_tokens",
+       "one output spelled two ways", "output over an input file", "data.path beside datasets",
+       "save_to_disk state listing no file", "seeds that are not integers"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -274,10 +277,42 @@ def test_bad_evaluation_input_is_one_line(case, tmp_path, data, fake_model):
         (tmp_path / "dd" / "dataset_dict.json").write_text('{"splits": ["train", "test"]}')
         job["data"]["path"] = str(tmp_path / "dd")
         want = r"holds the splits train, test of a DatasetDict: point it at one of them"
+    elif case == "batch temperature over 2":
+        job["data"]["path"] = str(write_batch(tmp_path / "b.jsonl", [batch_request("x", msg, temperature=3.5)]))
+        want = r"line 1 \(custom_id 'x'\): body.temperature=3.5 is out of range"
+    elif case == "batch n at temperature 0":
+        job["data"]["path"] = str(write_batch(tmp_path / "b.jsonl", [batch_request("x", msg, temperature=0)]))
+        job["data"]["n_samples"] = 2
+        want = r"custom_id 'x' asks for n=2 at temperature 0 \(greedy\)"
+    elif case == "batch min_tokens over max_tokens":
+        job["data"]["path"] = str(write_batch(tmp_path / "b.jsonl", [batch_request("x", msg, min_tokens=100)]))
+        want = r"custom_id 'x' asks for min_tokens=100, over its max_tokens="
+    elif case == "one output spelled two ways":
+        out = tmp_path / "out"
+        job["datasets"] = {"a": {"path": str(data["one"]), "output_path": str(out / "a.parquet")},
+                           "b": {"path": str(data["jsonl"]), "output_path": str(out / ".." / "out" / "a.parquet")}}
+        want = r"datasets a and b write the same output_path"
+    elif case == "output over an input file":
+        job["datasets"] = {"a": {"path": str(data["one"])},
+                           "b": {"path": str(data["jsonl"]), "output_path": str(data["one"])}}
+        want = r"datasets.b.output_path .*one.parquet is an input file of datasets.a.path"
+    elif case == "data.path beside datasets":
+        job["datasets"] = {"a": {"path": str(data["jsonl"])}}
+        want = r"data.path is given together with a 'datasets' section"
+    elif case == "save_to_disk state listing no file":
+        (tmp_path / "hf").mkdir()
+        (tmp_path / "hf" / "state.json").write_text('{"_data_files": []}')
+        job["data"]["path"] = str(tmp_path / "hf")
+        want = r"state.json lists no data file"
+    elif case == "seeds that are not integers":
+        job["seeds"] = [True, False]
+        want = r"seeds"
     else:
         job["data"]["path"] = str(write_batch(tmp_path / "b.jsonl", [batch_request("x", msg, seed=5)]))
         job["seeds"] = [0, 1]
         want = r"custom_id 'x' sets body.seed, but the run has several seeds"
+    if "datasets" in job and "data" in job and case != "data.path beside datasets":
+        del job["data"]["path"]
     path = tmp_path / "job.yaml"
     path.write_text(text if text is not None else json.dumps(job))
     res = hpcgen("submit", str(path), "--run-dir", str(tmp_path / "run"), "--executor", "local")
@@ -287,6 +322,33 @@ def test_bad_evaluation_input_is_one_line(case, tmp_path, data, fake_model):
 
     assert re.search(want, res.stderr), res.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_file_order_and_names_as_given(tmp_path):
+    """A glob sorts files by their own names (a hub snapshot's symlinks to blobs keep their order); a file whose
+    name holds glob characters is read as that file."""
+    from hpcgen.login.datasets import resolve_files
+
+    blobs, snap = tmp_path / "blobs", tmp_path / "snap"
+    blobs.mkdir()
+    snap.mkdir()
+    for link, blob in (("a.parquet", "z0"), ("b.parquet", "y0")):
+        (blobs / blob).write_bytes(b"x")
+        (snap / link).symlink_to(blobs / blob)
+    by_glob, _ = resolve_files(str(snap / "*.parquet"), "data")
+    by_folder, _ = resolve_files(str(snap), "data")
+    assert [p.name for p in by_glob] == [p.name for p in by_folder] == ["a.parquet", "b.parquet"]
+    odd = tmp_path / "test[1].parquet"
+    odd.write_bytes(b"x")
+    (tmp_path / "test1.parquet").write_bytes(b"x")
+    assert resolve_files(str(odd), "data")[0] == [odd]
+
+
+def test_multirun_keeps_a_bracketed_list_whole():
+    from hpcgen.spec.sweep import split_sweeps
+
+    assert split_sweeps([], ["seeds=[0,1]"], True) == ([], ["seeds=[0,1]"])
+    assert split_sweeps([], ["seeds=[0,1],[2,3]"], True)[0] == [("seeds", ["[0,1]", "[2,3]"])]
 
 
 def test_spec_errors_name_the_key():
@@ -346,6 +408,8 @@ def test_a_sweep_folder_given_to_a_one_run_command_says_so(tmp_path):
     (tmp_path / "sw" / "000-a" / "manifest.json").write_text("{}")
     res = hpcgen("resume", str(tmp_path / "sw"))
     assert res.returncode == 2 and "is a sweep folder: this command takes one of its runs, e.g." in res.stderr
+    res = hpcgen("merge", str(tmp_path / "sw"), "--output", str(tmp_path / "o.parquet"))
+    assert res.returncode == 2 and "a sweep merges each run to its own outputs" in res.stderr, res.stderr
 
 
 def test_one_changed_file_of_many_is_refused_by_merge_and_resume(tmp_path, data, fake_model):

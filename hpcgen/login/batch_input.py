@@ -78,6 +78,7 @@ class BatchContext:
     response_length: int
     seeds: list[int]
     default_n: int
+    temperature: float = 1.0  # the job's (0 when it decodes greedily)
     ids: dict[str, str] = field(default_factory=dict)
 
     def check(self, cid: str, over: dict[str, Any], where: str) -> None:
@@ -86,6 +87,13 @@ class BatchContext:
             raise DatasetError(f"{where}: custom_id {cid!r} asks for max_tokens={mt}, over rollout.response_length="
                                f"{self.response_length} (the room the engine is built with); raise "
                                "rollout.response_length")
+        n, temperature = over.get("n", self.default_n), over.get("temperature", self.temperature)
+        if n > 1 and temperature < 1e-5:  # vLLM: greedy sampling needs n = 1
+            raise DatasetError(f"{where}: custom_id {cid!r} asks for n={n} at temperature {temperature} (greedy): "
+                               "greedy decoding gives one answer; set body.n to 1 or a temperature above 0")
+        mn, room = over.get("min_tokens", 0), mt if mt is not None else self.response_length
+        if mn > room:
+            raise DatasetError(f"{where}: custom_id {cid!r} asks for min_tokens={mn}, over its max_tokens={room}")
         if "seed" in over and len(self.seeds) > 1:
             raise DatasetError(f"{where}: custom_id {cid!r} sets body.seed, but the run has several seeds "
                                f"{self.seeds}: every seed would repeat its samples; use one seed")

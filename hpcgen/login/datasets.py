@@ -73,13 +73,15 @@ def resolve_files(given: str | list[str], key: str) -> tuple[list[Path], bool]:
             seen.add(f)
         return files, False
     text = os.path.expanduser(os.path.expandvars(given))
-    if any(c in text for c in "*?["):
-        pattern = str(expand_path(text)) if not os.path.isabs(text) else text
-        found = sorted(Path(p).resolve() for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    # absolute, symlinks kept: a file is named (and its format read) by its own name, not its link target's
+    p = Path(os.path.abspath(text))
+    if any(c in text for c in "*?[") and not p.exists():  # a file named "x[1].parquet" is a file
+        pattern = str(p)
+        # sorted by the names as matched (absolute, symlinks kept): a hub snapshot's links to blobs keep their order
+        found = sorted(Path(os.path.abspath(m)) for m in glob.glob(pattern, recursive=True) if os.path.isfile(m))
         if not found:
             raise DatasetError(f"{key}.path {given!r} matches no file")
         return found, False
-    p = expand_path(text)
     if not p.exists():
         raise DatasetError(f"{key}.path {p} does not exist")
     if p.is_dir():
@@ -97,6 +99,8 @@ def _folder(d: Path, key: str) -> tuple[list[Path], bool]:
         if state.get("_indices_data_files"):
             raise DatasetError(f"{key}.path {d}: a save_to_disk folder with an indices mapping (old datasets "
                                "versions); save it again with a recent datasets, or flatten_indices() first")
+        if not names:
+            raise DatasetError(f"{key}.path {d}/{HF_STATE} lists no data file")
         for name in names:
             if "/" in name or name.startswith("."):
                 raise DatasetError(f"{key}.path {d}/{HF_STATE}: data file {name!r} is not a plain file name")
@@ -288,8 +292,8 @@ def _kind(entry: DatasetEntry, files: list[Path], hf: bool) -> str:
     return want
 
 
-def plan_dataset(entry: DatasetEntry, *, parquet_output: bool, response_length: int, seeds: list[int]
-                 ) -> DatasetPlan:
+def plan_dataset(entry: DatasetEntry, *, parquet_output: bool, response_length: int, seeds: list[int],
+                 temperature: float = 1.0) -> DatasetPlan:
     """Resolve, read (metadata, or one pass) and check one dataset's files."""
     from hpcgen.login.merge_input import output_format
 
@@ -313,7 +317,7 @@ def plan_dataset(entry: DatasetEntry, *, parquet_output: bool, response_length: 
                 kinds.path = str(p)
             files.append(inspect_jsonl(p, entry.prompt_key, kinds, f"{key}.path"))
     else:
-        ctx = BatchContext(key, response_length, seeds, entry.n_samples if entry.n_explicit else 1)
+        ctx = BatchContext(key, response_length, seeds, entry.n_samples if entry.n_explicit else 1, temperature)
         files = [inspect_batch(p, ctx) for p in paths]
     rows = sum(f.rows for f in files)
     if rows == 0:

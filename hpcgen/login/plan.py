@@ -173,13 +173,19 @@ def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str], down
     for entry in spec.dataset_entries():
         output = str(expand_path(entry.output_path)) if entry.output_path else None
         dp = plan_dataset(entry, parquet_output=output_format(Path(output)) == "parquet" if output else True,
-                          response_length=spec.rollout.response_length, seeds=seeds)
+                          response_length=spec.rollout.response_length, seeds=seeds,
+                          temperature=spec.temperature)
         if dp.kind != "openai_batch":
             check_names(dp.columns, spec.merge.model_dump(), spec.merge.metadata, f"{entry.key}.path {dp.given}",
                         sources=len(dp.files) > 1, seeds=len(seeds) > 1)
         if output:
             check_writable(Path(output), f"{entry.key}.output_path")
         datasets.append(dp)
+    inputs = {os.path.realpath(f.path): d.entry.key for d in datasets for f in d.files}
+    for entry in spec.dataset_entries():
+        if entry.output_path and (src := inputs.get(os.path.realpath(expand_path(entry.output_path)))):
+            raise DatasetError(f"{entry.key}.output_path {entry.output_path} is an input file of {src}.path: "
+                               "the merge would overwrite it")
     staged = stage_models(spec, download=download)
     model_path = check_model(staged.model_path, staged.tokenizer_path)
     blocks, shards = plan_blocks(datasets, seeds, spec.sharding.num_shards, spec.sharding.rows_per_shard)

@@ -55,7 +55,7 @@ def _check_value(key: str, v: Any) -> Any:
     if key == "min_tokens":
         return _number(v, key, 0, integer=True)
     if key == "temperature":
-        return _number(v, key, 0)
+        return _number(v, key, 0, 2)  # OpenAI's and vLLM's range
     if key == "top_p":
         return _number(v, key, 0, 1, lo_open=True)
     if key == "top_k":

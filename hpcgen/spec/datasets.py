@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePath
@@ -129,6 +130,7 @@ def check_entries(entries: list[DatasetEntry], data_output: str | None, greedy: 
             raise ValueError(f"greedy decoding (temperature 0 / do_sample false) needs {key}.n_samples=1")
         out = e.output_path or (data_output if len(entries) == 1 else None)
         if out:
-            if out in outputs:
-                raise ValueError(f"datasets {outputs[out]} and {e.name} write the same output_path {out}")
-            outputs[out] = e.name
+            same = os.path.abspath(os.path.expanduser(os.path.expandvars(out)))  # one file, however spelled
+            if same in outputs:
+                raise ValueError(f"datasets {outputs[same]} and {e.name} write the same output_path {out}")
+            outputs[same] = e.name

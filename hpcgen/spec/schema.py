@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from hpcgen.spec.datasets import (
     DatasetConfig,
@@ -278,7 +278,7 @@ class JobSpec(_Section):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     env: dict[str, str] = Field(default_factory=dict)
     seed: int = Field(0, ge=0, lt=2**31)
-    seeds: list[int] | None = None  # several seeds in one run (default: [seed]); see hpcgen.spec.datasets
+    seeds: list[StrictInt] | None = None  # several seeds in one run (default: [seed]); see hpcgen.spec.datasets
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)  # several datasets in one run
 
     @field_validator("datasets", mode="before")
@@ -304,6 +304,9 @@ class JobSpec(_Section):
         r, t = self.rollout, self.trainer
         if self.data.path is None and not self.datasets:
             raise ValueError("missing required key 'data.path' (or a 'datasets' section)")
+        if self.data.path is not None and self.datasets:
+            raise ValueError("data.path is given together with a 'datasets' section, where it would be ignored: "
+                             "move it into datasets.<name>.path")
         check_entries(self.dataset_entries(), self.data.output_path, not r.do_sample or r.temperature == 0)
         world = r.tensor_model_parallel_size * r.pipeline_model_parallel_size
         if world > t.nnodes * t.n_gpus_per_node:

@@ -24,11 +24,31 @@ class SweepRun:
     overrides: list[str]  # every KEY=VALUE of this run
 
 
+def _top_level_split(text: str) -> list[str]:
+    """Split at commas outside brackets, braces and quotes (``[0,1],[2,3]`` is two values, as in Hydra)."""
+    parts, depth, quote, cur = [], 0, "", ""
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    return [*parts, cur]
+
+
 def _values(item: str) -> tuple[str, list[str]]:
     if "=" not in item or item.startswith("="):
         raise ConfigError(f"sweep {item!r} must look like KEY=A,B,C, e.g. model.path=ckpt-100,ckpt-200")
     key, _, text = item.lstrip("+").partition("=")
-    values = [v.strip() for v in text.split(",")]
+    values = [v.strip() for v in _top_level_split(text)]
     if not all(values):
         raise ConfigError(f"sweep {key}: empty value in {text!r}")
     seen = set()
@@ -51,7 +71,7 @@ def split_sweeps(sweeps: list[str], overrides: list[str], multirun: bool) -> tup
     fixed = []
     for item in overrides:
         _, _, value = item.partition("=")
-        if multirun and "," in value and not _quoted(value):
+        if multirun and len(_top_level_split(value)) > 1 and not _quoted(value):
             swept.append(_values(item))
         else:
             fixed.append(item)
