@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 from hpcgen.scoring.samples import Sample
+from hpcgen.scoring.verl_rules.braces import closing_brace
 
 CLIP_CHARS = 300
 BOX_CLIP_CHARS = 100
 INVALID = "[INVALID]"
 _ANSWER = re.compile(r"(?i)Answer\s*:\s*([^\n]+)")
-_BRACES = re.compile(r"[{}]")
 
 SUBSTITUTIONS = (
     ("an ", ""), ("a ", ""), (".$", "$"), ("\\$", ""), (r"\ ", ""), (" ", ""), ("mbox", "text"),
@@ -67,15 +67,8 @@ def _last_boxed_content(text: str) -> str | None:
     idx = text.rfind("\\boxed{")
     if idx < 0:
         return None
-    depth = 0
-    for m in _BRACES.finditer(text, idx):
-        if m.group() == "{":
-            depth += 1
-        else:
-            depth -= 1
-            if depth == 0:
-                return text[idx + 7 : m.start()]
-    return None
+    end = closing_brace(text, idx)
+    return None if end is None else text[idx + 7 : end]
 
 
 def verify(text: str, truth: str, gold: str) -> tuple[bool, str]:

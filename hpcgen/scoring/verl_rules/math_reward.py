@@ -12,13 +12,11 @@ spaces removed); where that normalisation fails on either side, the raw strings 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from functools import lru_cache
 
 from hpcgen.scoring.samples import Sample
-
-_BRACES = re.compile(r"[{}]")
+from hpcgen.scoring.verl_rules.braces import closing_brace
 
 
 def last_boxed_only_string(text: str) -> str | None:
@@ -30,15 +28,8 @@ def last_boxed_only_string(text: str) -> str | None:
         idx = text.rfind("\\fbox")
         if idx < 0:
             return None
-    depth = 0
-    for m in _BRACES.finditer(text, idx):
-        if m.group() == "{":
-            depth += 1
-        else:
-            depth -= 1
-            if depth == 0:
-                return text[idx : m.end()]
-    return None
+    end = closing_brace(text, idx)
+    return None if end is None else text[idx : end + 1]
 
 
 def remove_boxed(s: str) -> str | None:
