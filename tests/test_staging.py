@@ -129,6 +129,7 @@ def test_offline_login_node_uses_the_cache_only(hub, tmp_path, monkeypatch):
     assert found.revision == hub.repos[REPO_ID].sha and len(hub.requests) == n
     with pytest.raises(ModelError, match="HF_HUB_OFFLINE is set"):
         staging.stage(REPO_ID, "main", tmp_path / "empty")
+    assert staging.stage(REPO_ID, "main", tmp_path / "empty", download=False) is None  # a dry run notes it
 
 
 def test_cli_refuses_an_unknown_hub_model_in_one_line(hub, tmp_path, small_dataset):

@@ -136,7 +136,7 @@ def stage(hub_id: str, requested: str, cache: Path, *, download: bool = True,
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
     if not download or offline:
         path = cached(requested)
-        if path is None and offline:
+        if path is None and offline and download:  # a dry run only notes it
             raise ModelError(f"{key} {hub_id}@{requested} is not in the cache {cache} and HF_HUB_OFFLINE is set "
                              "on this node: download it into that cache first, or unset HF_HUB_OFFLINE")
         return None if path is None else Staged(hub_id, requested, Path(path).name, path, str(cache), 0,
