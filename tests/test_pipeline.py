@@ -154,7 +154,7 @@ def test_scancel_mid_shard_then_resume(cluster, tiny_model, tmp_path):
     job = write_job(tmp_path / "job.yaml", data=data, model=tiny_model, sharding={"num_shards": 1},
                     rollout={"response_length": 48, "max_num_seqs": 4}, checkpoint={"every_rows": 4})
     run_dir = tmp_path / "run"
-    res = hpcgen("submit", str(job), "--run-dir", str(run_dir))
+    res = hpcgen("submit", str(job), "--run-dir", str(run_dir), env={"HPCGEN_TEST_STEP_DELAY_S": "0.05"})  # paced: cancel mid-shard
     assert res.returncode == 0, res.stderr
     deadline = time.time() + 600
     while time.time() < deadline and not _parts(run_dir):

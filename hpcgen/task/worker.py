@@ -215,18 +215,21 @@ def run_shards(run_dir: Path, shard_ids: list[int], *, task: ShardTask | None = 
                                                            "host": socket.gethostname(), "pid": os.getpid(),
                                                            "started": started, **fields})
 
+    # the task record first: whoever sees an attempt record finds this task in status (killed the next moment)
+    progress = TaskProgress(layout, jid, task_gpus(spec), own)  # status figures and this task's heartbeat
+    progress.save()
     restarts = restart_count()
     if restarts > spec.slurm.max_requeues:  # requeued by SLURM itself (preemption) too often
         reason = f"requeued {restarts} times, over slurm.max_requeues={spec.slurm.max_requeues}; 'hpcgen resume' continues"
         attempts(error=reason, ended=time.time())
+        progress.finish(reason)
         raise RuntimeError(reason)
     problem = inputs_problem(manifest, spec)
     if problem:  # never put answers of another model or prompt next to the plan's
         attempts(error=problem, ended=time.time())
+        progress.finish(problem)
         raise RunDirError(problem)
     attempts(error=None)
-    progress = TaskProgress(layout, jid, task_gpus(spec), own)  # status figures and this task's heartbeat
-    progress.save()
     progress.start_beat(BEAT_S)
     for earlier in range(restarts):  # SLURM restarted this job: its earlier runs are gone, free their chunks
         mark_dead(layout, f"{jid.rsplit('.r', 1)[0]}.r{earlier}", "its job was requeued")
