@@ -92,9 +92,13 @@ def main() -> None:
     total_sep = sum(r["wall_s"] for r in separate)
     starts_sep = sum(r["engine_starts"] for r in separate)
     merged = responses(root / "one")
-    same = all(
-        [row[k * 2:(k + 1) * 2] for row in merged[name]] == responses(root / f"sep-{name}-{seed}")[name]
-        for name in inputs for k, seed in enumerate(seeds))
+
+    def alone(name: str, seed: int) -> list[list[str]]:  # a run of one dataset merges to RUN/merged.parquet
+        (out,) = responses(root / f"sep-{name}-{seed}").values()
+        return out
+
+    same = all([row[k * 2:(k + 1) * 2] for row in merged[name]] == alone(name, seed)
+               for name in inputs for k, seed in enumerate(seeds))
     n_runs = len(separate)
     common.report(B, f"engine starts, one run of {len(inputs)} datasets x {len(seeds)} seeds", one["engine_starts"],
                   "", "1", one["engine_starts"] == 1, "counted from the task records (engine_starts)")

@@ -97,6 +97,7 @@ def build(rows: int, shards: int) -> Path:
     words = ["".join(chr(97 + int(c)) for c in rng.integers(0, 26, size=int(k))) for k in rng.integers(1, 10, 2000)]
     corpus = " ".join(words[int(i)] for i in rng.integers(0, len(words), 600_000)).encode()
     for shard, bounds in enumerate(plan.shards):  # every chunk saved every PART_ROWS rows, marked, shard marked
+        layout.shard_dir(shard).mkdir(parents=True, exist_ok=True)  # a task's first claim makes it
         for chunk, (clo, chi) in enumerate(shard_chunks(bounds, plan.manifest["chunk_rows"])):
             parts = [write_part(layout, shard, chunk, seq, "bench0", part_table(rng, corpus, first,
                                                                                min(PART_ROWS, chi - first)))

@@ -191,7 +191,7 @@ def advice_demo(spec_data: dict, root: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=200)
+    ap.add_argument("--rows", type=int, default=1000)
     ap.add_argument("--every-rows", type=int, default=32)
     ap.add_argument("--order", default="bare,hpcgen,hpcgen,bare")
     ap.add_argument("--ab-order", default="hpcgen,bare,hpcgen",
@@ -207,8 +207,8 @@ def main() -> None:
             child_ab(a.child[1], [Path(x) for x in a.child[3:]], Path(a.child[2]))
         return
 
-    from hpcgen.login.advice import perf_file, record_measurement
     from hpcgen.rundir.manifest import load_manifest, spec_from_manifest
+    from hpcgen.rundir.measurements import perf_file, record_measurement
     from hpcgen_dev.datasets import make_dataset
 
     root = common.fresh_dir("worker")

@@ -140,7 +140,7 @@ def cmd_status(a: argparse.Namespace) -> int:
         return 0
     manifest = load_manifest(Path(a.run_dir))
     state = collect(Path(a.run_dir), manifest)
-    from hpcgen.login.sweep import block_progress
+    from hpcgen.login.state import block_progress
 
     per_dataset = block_progress(manifest, state)
     if a.json:
@@ -299,9 +299,8 @@ def cmd_merge(a: argparse.Namespace) -> int:
 
 
 def _sweep(path: str) -> bool:
-    from hpcgen.login.sweep import is_sweep
-
-    return is_sweep(Path(path))
+    """A sweep folder (``hpcgen.login.sweep``): checked without importing it, so status stays fast."""
+    return (Path(path) / "sweep.json").is_file()  # hpcgen.login.sweep.SWEEP_FILE
 
 
 def cmd_cancel(a: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 from hpcgen.login import runstats
 from hpcgen.login.runstats import RunStats
 from hpcgen.rundir import atomic
+from hpcgen.rundir.blocks import blocks
 from hpcgen.rundir.chunks import num_chunks
 from hpcgen.rundir.layout import RunLayout, safe_job_id
 from hpcgen.rundir.lock import process_alive
@@ -361,3 +362,13 @@ def _figures(rs: RunState, layout: RunLayout, records: list[dict[str, Any]]) -> 
     if per_shard:
         for s in rs.shards:
             s.error_rows = per_shard.get(str(s.id), 0)
+
+
+def block_progress(manifest: dict[str, Any], state: Any) -> dict[str, tuple[int, int]]:
+    """Rows done / total per dataset (every seed counted) from a run's status."""
+    out: dict[str, tuple[int, int]] = {}
+    for b in blocks(manifest):
+        done = sum(state.shards[s].rows_done for s in range(b.first_shard, b.first_shard + b.shards))
+        d, t = out.get(b.name, (0, 0))
+        out[b.name] = (d + done, t + b.rows)
+    return out

@@ -21,8 +21,8 @@ from typing import Any
 
 from hpcgen.errors import RunDirError
 from hpcgen.login.plan import Plan, create_run_dir, make_plan
+from hpcgen.login.state import block_progress
 from hpcgen.rundir import atomic
-from hpcgen.rundir.blocks import blocks
 from hpcgen.spec.loader import load_job_traced
 from hpcgen.spec.schema import JobSpec
 from hpcgen.spec.sweep import SweepRun, sweep_runs
@@ -115,16 +115,6 @@ def submit_sweep(job_file: Path, sweeps: list[str], overrides: list[str], *, mul
 
 
 # --- status, merge, report over the runs ---------------------------------------------------------------
-
-
-def block_progress(manifest: dict[str, Any], state: Any) -> dict[str, tuple[int, int]]:
-    """Rows done / total per dataset (every seed counted) from a run's status."""
-    out: dict[str, tuple[int, int]] = {}
-    for b in blocks(manifest):
-        done = sum(state.shards[s].rows_done for s in range(b.first_shard, b.first_shard + b.shards))
-        d, t = out.get(b.name, (0, 0))
-        out[b.name] = (d + done, t + b.rows)
-    return out
 
 
 def sweep_status(root: Path) -> list[dict[str, Any]]:
