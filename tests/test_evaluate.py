@@ -306,7 +306,7 @@ def test_bad_evaluation_input_is_one_line(case, tmp_path, data, fake_model):
         want = r"state.json lists no data file"
     elif case == "seeds that are not integers":
         job["seeds"] = [True, False]
-        want = r"seeds"
+        want = r"key 'seeds.0': Input should be a valid integer \(got True\)"
     else:
         job["data"]["path"] = str(write_batch(tmp_path / "b.jsonl", [batch_request("x", msg, seed=5)]))
         job["seeds"] = [0, 1]
