@@ -120,6 +120,23 @@ def test_runstats_recent_rates_lost_and_running_tasks(tmp_path):
     assert st.length_share == pytest.approx(3 / 170)
 
 
+def test_a_task_marked_dead_reads_requeued_or_lost_never_done(tmp_path):
+    """A task SIGKILLed before it could write its end (e.g. requeued while loading its engine) is marked dead by
+    its requeued successor or by resume: ``ended`` set, no ``error``; it must not read as done."""
+    from hpcgen.login.runstats import gather
+    from hpcgen.rundir.layout import RunLayout
+
+    layout = RunLayout(tmp_path)
+    (tmp_path / "progress").mkdir()
+    base = {"format": "hpcgen-progress/1", "host": "n1", "gpus": 1, "error": None, "rows": 0, "shards": {},
+            "recent": []}
+    for jid, state, ended in (("8_0.r0", "dead", 120.0), ("8_0.r1", "exited", 200.0), ("8_1.r0", "dead", 150.0)):
+        layout.progress(jid).write_text(json.dumps({**base, "job_id": jid, "state": state, "started": 100.0,
+                                                    "updated": ended, "ended": ended}))
+    states = {t.job_id: t.state for t in gather(layout, 90.0, set(), False, now=300.0).tasks}
+    assert states == {"8_0.r0": "requeued", "8_0.r1": "done", "8_1.r0": "lost"}
+
+
 # --- logs --------------------------------------------------------------------------------------------
 
 

@@ -94,6 +94,8 @@ def _recent_rate(points: list[list[float]], now: float) -> tuple[float, float] |
 
 def _attempt_state(rec: dict[str, Any], running_jobs: set[str], newest: dict[str, int]) -> str:
     base, restart = job_of(str(rec["job_id"]))
+    if rec.get("state") == "dead":  # ended by what resume or its requeued successor learnt, not by itself
+        return "requeued" if newest.get(base, restart) > restart else "lost"
     if rec.get("ended") is not None:
         if not rec.get("error"):
             return "done"
