@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-import time
+from functools import partial
 from pathlib import Path
 
+import helpers
 import pyarrow.parquet as pq
 from helpers import hpcgen, part_files, write_job
 
@@ -57,13 +58,6 @@ def parts(run_dir: Path) -> dict[str, list[int]]:
             for p in part_files(run_dir)}
 
 
-def wait_for(cond, timeout: float, what: str, poll: float = 1.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for = partial(helpers.wait_for, poll=1.0)
 
 

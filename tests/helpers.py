@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +137,13 @@ def wait_guard_scanned(pid: int, timeout: float = 30) -> None:
     while voluntary_switches(pid) < start + 3:
         assert time.monotonic() < deadline, f"guard {pid} made no round in {timeout} s"
         time.sleep(0.05)
+
+
+def wait_for(cond, timeout: float, what: str, poll: float = 0.5):
+    """Poll ``cond`` until it returns something true (returned), failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := cond():
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")

@@ -6,22 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
-from helpers import hpcgen, part_files, status_json, write_job
+from helpers import hpcgen, part_files, status_json, wait_for, write_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.vllm]
-
-
-def wait_for(cond, timeout: float, what: str, poll: float = 0.5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if value := cond():
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def same_shape_rewrite(path: Path) -> None:

@@ -16,11 +16,12 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import pytest
 from conftest import need
-from helpers import REPO, FakeEngine, hpcgen, make_run
+from helpers import REPO, FakeEngine, hpcgen, make_run, wait_for
 
 from hpcgen.errors import LockedError
 from hpcgen.rundir import atomic
@@ -39,13 +40,7 @@ print("released", flush=True)
 """
 
 
-def wait_until(cond, timeout: float, what: str, poll: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := cond():
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+wait_until = partial(wait_for, poll=0.05)
 
 
 def holder(tmp_path: Path, lock: Path, what: str = "merge", env: dict | None = None,

@@ -14,24 +14,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, hpcgen, status_json, write_job
+from helpers import REPO, hpcgen, status_json, wait_for, write_job
 from observe_helpers import STATUS_FIELDS, no_slurm_path
 
 pytestmark = [pytest.mark.slurm, pytest.mark.vllm]
-
-
-def wait_for(cond, timeout: float, what: str, poll: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def attempt(run: Path, shard: int) -> dict | None:

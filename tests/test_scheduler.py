@@ -9,8 +9,9 @@ import os
 import re
 import signal
 import subprocess
-import time
+from functools import partial
 
+import helpers
 import pyarrow.parquet as pq
 import pytest
 from helpers import REPO, hpcgen, make_run, part_files, status_json, write_job
@@ -18,13 +19,7 @@ from helpers import REPO, hpcgen, make_run, part_files, status_json, write_job
 pytestmark = pytest.mark.slurm
 
 
-def wait_for(cond, timeout: float, what: str, poll: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := cond():
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+wait_for = partial(helpers.wait_for, poll=1.0)
 
 
 def squeue(*jobs: str) -> dict[str, str]:
