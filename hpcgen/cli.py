@@ -299,8 +299,10 @@ def cmd_merge(a: argparse.Namespace) -> int:
 
 
 def _sweep(path: str) -> bool:
-    """A sweep folder (``hpcgen.login.sweep``): checked without importing it, so status stays fast."""
-    return (Path(path) / "sweep.json").is_file()  # hpcgen.login.sweep.SWEEP_FILE
+    """A sweep folder: checked without importing ``hpcgen.login.sweep``, so status stays fast."""
+    from hpcgen.rundir.layout import is_sweep
+
+    return is_sweep(path)
 
 
 def cmd_cancel(a: argparse.Namespace) -> int:

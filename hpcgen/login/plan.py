@@ -158,7 +158,7 @@ def absolute_data_paths(spec: JobSpec) -> JobSpec:
     return resolved
 
 
-def _resolved_spec(spec: JobSpec, model_path: str, datasets: list[DatasetPlan]) -> JobSpec:
+def _resolved_spec(spec: JobSpec, model_path: str) -> JobSpec:
     """The job as the manifest freezes it: absolute paths everywhere."""
     resolved = absolute_data_paths(spec)
     resolved.model.path = model_path
@@ -182,15 +182,15 @@ def make_plan(spec: JobSpec, *, job_file: str | None, overrides: list[str], down
             check_writable(Path(output), f"{entry.key}.output_path")
         datasets.append(dp)
     inputs = {os.path.realpath(f.path): d.entry.key for d in datasets for f in d.files}
-    for entry in spec.dataset_entries():
-        if entry.output_path and (src := inputs.get(os.path.realpath(expand_path(entry.output_path)))):
-            raise DatasetError(f"{entry.key}.output_path {entry.output_path} is an input file of {src}.path: "
+    for d in datasets:
+        if d.output_path and (src := inputs.get(os.path.realpath(d.output_path))):
+            raise DatasetError(f"{d.entry.key}.output_path {d.entry.output_path} is an input file of {src}.path: "
                                "the merge would overwrite it")
     staged = stage_models(spec, download=download)
     model_path = check_model(staged.model_path, staged.tokenizer_path)
     blocks, shards = plan_blocks(datasets, seeds, spec.sharding.num_shards, spec.sharding.rows_per_shard)
     tasks = task_groups(len(shards), spec.sharding.shards_per_task, spec.sharding.num_tasks)
-    resolved = _resolved_spec(spec, model_path, datasets)
+    resolved = _resolved_spec(spec, model_path)
     resolved.model.tokenizer_path = staged.tokenizer_path
     resolved.env = {**resolved.env, **staged.task_env}
     chunk_rows = spec.sharding.rows_per_chunk or auto_chunk_rows(shards, spec.feed_window)

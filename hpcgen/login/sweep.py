@@ -23,16 +23,12 @@ from hpcgen.errors import RunDirError
 from hpcgen.login.plan import Plan, create_run_dir, make_plan
 from hpcgen.login.state import block_progress
 from hpcgen.rundir import atomic
+from hpcgen.rundir.layout import SWEEP_FILE
 from hpcgen.spec.loader import load_job_traced
 from hpcgen.spec.schema import JobSpec
 from hpcgen.spec.sweep import SweepRun, sweep_runs
 
-SWEEP_FILE = "sweep.json"
 FORMAT = "hpcgen-sweep/1"
-
-
-def is_sweep(path: Path) -> bool:
-    return (Path(path) / SWEEP_FILE).is_file()
 
 
 def load_sweep(root: Path) -> dict[str, Any]:

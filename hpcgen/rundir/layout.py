@@ -30,11 +30,17 @@ from pathlib import Path
 from hpcgen.errors import UserError
 
 FORMAT = "hpcgen-run/3"
+SWEEP_FILE = "sweep.json"  # a sweep folder's record (hpcgen.login.sweep writes it; every command reads it)
 
 _PART = re.compile(r"^c(\d{5})\.p(\d{4})\.n(\d+)\.([A-Za-z0-9_-]+)\.([0-9a-f]{64})\.parquet$")
 _LEASE = re.compile(r"^c(\d{5})\.g(\d+)\.lease$")
 _CHUNK_DONE = re.compile(r"^c(\d{5})\.done\.json$")
 _ATTEMPT = re.compile(r"^s(\d{6})\.(.+)\.json$")
+
+
+def is_sweep(path: Path | str) -> bool:
+    """A sweep folder (one run directory per swept value), not a run directory."""
+    return (Path(path) / SWEEP_FILE).is_file()
 
 
 def safe_job_id(job_id: str) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 from hpcgen.errors import RunDirError
 from hpcgen.rundir import atomic
-from hpcgen.rundir.layout import FORMAT, RunLayout
+from hpcgen.rundir.layout import FORMAT, RunLayout, is_sweep
 from hpcgen.spec.schema import JobSpec
 
 
@@ -18,7 +18,7 @@ def load_manifest(run_dir: Path) -> dict[str, Any]:
     try:
         manifest = atomic.read_json(layout.manifest)
     except FileNotFoundError:
-        if (layout.root / "sweep.json").is_file():  # hpcgen.login.sweep's folder: status/merge/score/report take it
+        if is_sweep(layout.root):  # hpcgen.login.sweep's folder: status/merge/score/report take it
             runs = sorted(p.name for p in layout.root.iterdir() if (p / "manifest.json").is_file())
             raise RunDirError(f"{run_dir} is a sweep folder: this command takes one of its runs"
                               f"{', e.g. ' + str(layout.root / runs[0]) if runs else ''}") from None

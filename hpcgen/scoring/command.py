@@ -10,10 +10,8 @@ from typing import Any
 
 from hpcgen.errors import ScoreError
 from hpcgen.rundir.blocks import dataset_output
-from hpcgen.rundir.layout import RunLayout
+from hpcgen.rundir.layout import SWEEP_FILE, RunLayout, is_sweep
 from hpcgen.scoring.evaluation import merged_keys
-
-SWEEP_FILE = "sweep.json"  # hpcgen.login.sweep writes it; scoring reads it without importing the login side
 
 
 def resolve_target(target: Path) -> tuple[Path, Path, dict[str, Any], tuple[str, str, str]]:
@@ -65,7 +63,7 @@ def _several(target: Path) -> str | None:
     """'sweep' for a sweep folder, 'run' for a run of several datasets, None otherwise."""
     if not target.is_dir():
         return None
-    if (target / SWEEP_FILE).is_file():
+    if is_sweep(target):
         return "sweep"
     from hpcgen.rundir.manifest import load_manifest
 
