@@ -344,6 +344,27 @@ def test_file_order_and_names_as_given(tmp_path):
     assert resolve_files(str(odd), "data")[0] == [odd]
 
 
+def test_a_folder_skips_hidden_and_underscore_files_and_subfolders(tmp_path):
+    from hpcgen.login.datasets import resolve_files
+
+    for name in ("b.parquet", "a.jsonl", ".hidden.parquet", "_meta.parquet", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.parquet").write_bytes(b"x")
+    assert [p.name for p in resolve_files(str(tmp_path), "data")[0]] == ["a.jsonl", "b.parquet"]
+
+
+def test_json_lines_files_with_other_keys_keep_every_key(tmp_path, fake_model):
+    (tmp_path / "a.jsonl").write_text('{"prompt": "x", "level": 1}\n{"prompt": "y", "level": 2}\n')
+    (tmp_path / "b.jsonl").write_text('{"prompt": "z", "topic": "geometry"}\n')
+    layout = run(tmp_path, fake_model, {"data": {"path": str(tmp_path / "*.jsonl"), "n_samples": 1}})
+    out = merge_run(layout.root, output=tmp_path / "o.jsonl").output
+    rows = [json.loads(x) for x in Path(out).read_text().splitlines()]
+    assert [(r["prompt"], r.get("level"), r.get("topic")) for r in rows] == [
+        ("x", 1, None), ("y", 2, None), ("z", None, "geometry")]
+    assert "topic" not in rows[0] and "level" not in rows[2]  # each row's own keys, byte for byte
+
+
 def test_multirun_keeps_a_bracketed_list_whole():
     from hpcgen.spec.sweep import split_sweeps
 
